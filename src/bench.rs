@@ -1,0 +1,403 @@
+//! Sparse-vs-dense kernel benchmarks: each configuration times the sparse kernel and the
+//! dense `gemm` that computes the same product on the same shape, in the same run, and
+//! reports both with their ratio. Times are medians of repeats after a warm-up.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::cpu::{self, dense::Trans, Accum, Par};
+use crate::error::{Error, Result};
+use crate::sparse::{
+    aligned_zeros, nnz_for_sparsity, seed_rng, skewed_row_nnz, AlignedVec, Bsr, BsrPattern,
+    CsrPattern, SeedRng,
+};
+use rand::RngExt;
+
+/// The kernels `rewire bench` measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kernel {
+    /// `C = A·B`, A CSR
+    Spmm,
+    /// `C = Aᵀ·B`, A CSR
+    SpmmT,
+    /// `v = (L·Rᵀ)` sampled at A's pattern
+    Sddmm,
+    /// `C = A·B`, A block-sparse
+    Bsr,
+}
+
+impl Kernel {
+    /// The name used on the command line and in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Spmm => "spmm",
+            Kernel::SpmmT => "spmm-t",
+            Kernel::Sddmm => "sddmm",
+            Kernel::Bsr => "bsr",
+        }
+    }
+}
+
+/// How the random pattern's live entries are spread over rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PatternKind {
+    /// every position equally likely
+    Uniform,
+    /// a tenth of the rows hold half of the entries
+    Skewed,
+}
+
+/// One benchmark configuration.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    /// kernel to measure
+    pub kernel: Kernel,
+    /// rows of the sparse matrix A
+    pub m: usize,
+    /// columns of A
+    pub k: usize,
+    /// the dense dimension (batch)
+    pub n: usize,
+    /// fraction of A's entries (blocks for BSR) that are not stored
+    pub sparsity: f64,
+    /// block edge for BSR (square blocks)
+    pub block: usize,
+    /// threads for both the sparse and the dense kernel
+    pub threads: usize,
+    /// spread of the live entries over rows
+    pub pattern: PatternKind,
+    /// seed of the pattern and data
+    pub seed: u64,
+    /// minimum time spent timing each kernel
+    pub min_time: Duration,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        BenchConfig {
+            kernel: Kernel::Spmm,
+            m: 2048,
+            k: 2048,
+            n: 128,
+            sparsity: 0.9,
+            block: 8,
+            threads: rayon::current_num_threads(),
+            pattern: PatternKind::Uniform,
+            seed: 0,
+            min_time: Duration::from_millis(300),
+        }
+    }
+}
+
+/// What one configuration measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchResult {
+    /// kernel measured
+    pub kernel: Kernel,
+    /// rows of A
+    pub m: usize,
+    /// columns of A
+    pub k: usize,
+    /// dense dimension
+    pub n: usize,
+    /// requested sparsity
+    pub sparsity: f64,
+    /// block edge (BSR only)
+    pub block: Option<usize>,
+    /// pattern spread
+    pub pattern: PatternKind,
+    /// threads used
+    pub threads: usize,
+    /// stored entries of A (all entries of stored blocks for BSR)
+    pub nnz: usize,
+    /// median time of the sparse kernel, milliseconds
+    pub sparse_ms: f64,
+    /// median time of the dense kernel on the same shape, milliseconds
+    pub dense_ms: f64,
+    /// 2·nnz·N / sparse time, in GFLOP/s
+    pub sparse_gflops: f64,
+    /// 2·M·K·N / dense time, in GFLOP/s
+    pub dense_gflops: f64,
+    /// dense time / sparse time
+    pub speedup: f64,
+    /// sparse GFLOP/s ÷ dense GFLOP/s
+    pub gflops_ratio: f64,
+    /// largest |sparse − dense| over the output, relative to the largest |dense| value:
+    /// both kernels compute the same product, and this checks it
+    pub max_rel_diff: f64,
+    /// timed repeats of the sparse and of the dense kernel
+    pub repeats: (usize, usize),
+}
+
+/// Median wall time of `f` after one warm-up call, repeated for at least `min_time`
+/// (and at least 5, at most 1000 times).
+pub fn time_median(min_time: Duration, mut f: impl FnMut()) -> (Duration, usize) {
+    f();
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < 5 || (start.elapsed() < min_time && times.len() < 1000) {
+        let t = Instant::now();
+        f();
+        times.push(t.elapsed());
+    }
+    times.sort();
+    (times[times.len() / 2], times.len())
+}
+
+fn random_values(len: usize, rng: &mut SeedRng) -> AlignedVec {
+    let mut v = aligned_zeros(len);
+    for x in v.iter_mut() {
+        *x = rng.random_range(-1.0f32..1.0);
+    }
+    v
+}
+
+fn csr_pattern(cfg: &BenchConfig, rng: &mut SeedRng) -> Result<CsrPattern> {
+    let nnz = nnz_for_sparsity(cfg.m, cfg.k, cfg.sparsity)?;
+    match cfg.pattern {
+        PatternKind::Uniform => CsrPattern::random(cfg.m, cfg.k, nnz, rng),
+        PatternKind::Skewed => {
+            let lengths = skewed_row_nnz(cfg.m, cfg.k, nnz, 0.1, 0.5)?;
+            CsrPattern::random_rows(cfg.k, &lengths, rng)
+        }
+    }
+}
+
+fn max_rel_diff(a: &[f32], b: &[f32]) -> f64 {
+    let scale = b
+        .iter()
+        .fold(0.0f64, |m, &x| m.max(x.abs() as f64))
+        .max(1e-30);
+    let diff = a
+        .iter()
+        .zip(b)
+        .fold(0.0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()));
+    diff / scale
+}
+
+/// Runs one configuration on a pool of `cfg.threads` threads.
+pub fn run(cfg: &BenchConfig) -> Result<BenchResult> {
+    if cfg.threads == 0 {
+        return Err(Error::arg("threads", "must be at least 1"));
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(cfg.threads)
+        .build()
+        .map_err(|e| Error::arg("threads", e))?;
+    pool.install(|| run_in_pool(cfg))
+}
+
+fn run_in_pool(cfg: &BenchConfig) -> Result<BenchResult> {
+    let (m, k, n) = (cfg.m, cfg.k, cfg.n);
+    let par = if cfg.threads == 1 {
+        Par::Seq
+    } else {
+        Par::Rayon(cfg.threads)
+    };
+    let mut rng = seed_rng(cfg.seed);
+    let mut block = None;
+
+    // The sparse operand (as CSR or BSR) and its dense equivalent.
+    let (nnz, a_dense, sparse): (usize, Vec<f32>, SparseOp) = match cfg.kernel {
+        Kernel::Bsr => {
+            let bs = cfg.block;
+            if bs == 0 || m % bs != 0 || k % bs != 0 {
+                return Err(Error::arg(
+                    "block",
+                    format!("a {m}×{k} matrix does not divide into {bs}×{bs} blocks"),
+                ));
+            }
+            block = Some(bs);
+            let nnzb = nnz_for_sparsity(m / bs, k / bs, cfg.sparsity)?;
+            let pattern = BsrPattern::random(m / bs, k / bs, bs, bs, nnzb, &mut rng)?;
+            let values = random_values(pattern.nnz(), &mut rng);
+            let bsr = Bsr::new(Arc::new(pattern), &values)?;
+            (bsr.pattern().nnz(), bsr.to_dense(), SparseOp::Bsr(bsr))
+        }
+        _ => {
+            let pattern = csr_pattern(cfg, &mut rng)?;
+            let values = random_values(pattern.nnz(), &mut rng);
+            let csr = crate::sparse::Csr::new(Arc::new(pattern), &values)?;
+            (csr.nnz(), csr.to_dense(), SparseOp::Csr(csr))
+        }
+    };
+
+    // Dense operands and outputs for the two computations of the same product.
+    let (b_rows, out_len) = match cfg.kernel {
+        Kernel::Spmm | Kernel::Bsr => (k, m * n),
+        Kernel::SpmmT => (m, k * n),
+        Kernel::Sddmm => (k, nnz),
+    };
+    let b = random_values(b_rows * n, &mut rng);
+    let l = random_values(m * n, &mut rng); // SDDMM's left operand
+    let mut c_sparse = aligned_zeros(out_len);
+    let mut c_dense = aligned_zeros(match cfg.kernel {
+        Kernel::Sddmm => m * k,
+        _ => out_len,
+    });
+
+    let one = Accum::Replace;
+    let mut sparse_call = || -> Result<()> {
+        match (&sparse, cfg.kernel) {
+            (SparseOp::Csr(a), Kernel::Spmm) => {
+                cpu::spmm(&mut c_sparse, a.pattern(), a.values(), &b, n, 1.0, one, par)
+            }
+            (SparseOp::Csr(a), Kernel::SpmmT) => {
+                cpu::spmm_t(&mut c_sparse, a.pattern(), a.values(), &b, n, 1.0, one, par)
+            }
+            (SparseOp::Csr(a), Kernel::Sddmm) => {
+                cpu::sddmm(&mut c_sparse, a.pattern(), &l, &b, n, 1.0, one, par)
+            }
+            (SparseOp::Bsr(a), _) => {
+                cpu::bsr_spmm(&mut c_sparse, a.pattern(), a.values(), &b, n, 1.0, one, par)
+            }
+            (SparseOp::Csr(_), Kernel::Bsr) => unreachable!("BSR kernel always gets a BSR operand"),
+        }
+    };
+    let mut dense_call = || -> Result<()> {
+        match cfg.kernel {
+            Kernel::Spmm | Kernel::Bsr => {
+                cpu::gemm(&mut c_dense, &a_dense, &b, m, k, n, 1.0, one, par)
+            }
+            Kernel::SpmmT => cpu::dense::gemm_ex(
+                &mut c_dense,
+                &a_dense,
+                Trans::Yes,
+                &b,
+                Trans::No,
+                k,
+                m,
+                n,
+                1.0,
+                one,
+                par,
+            ),
+            Kernel::Sddmm => cpu::dense::gemm_ex(
+                &mut c_dense,
+                &l,
+                Trans::No,
+                &b,
+                Trans::Yes,
+                m,
+                n,
+                k,
+                1.0,
+                one,
+                par,
+            ),
+        }
+    };
+    sparse_call()?; // surface shape errors before timing
+    dense_call()?;
+    let (ts, reps_s) = time_median(cfg.min_time, || sparse_call().expect("checked above"));
+    let (td, reps_d) = time_median(cfg.min_time, || dense_call().expect("checked above"));
+
+    let max_rel_diff = match (&sparse, cfg.kernel) {
+        (SparseOp::Csr(a), Kernel::Sddmm) => {
+            let sampled: Vec<f32> = a
+                .pattern()
+                .row_indices()
+                .iter()
+                .zip(a.pattern().col_idx())
+                .map(|(&i, &j)| c_dense[i as usize * k + j as usize])
+                .collect();
+            max_rel_diff(&c_sparse, &sampled)
+        }
+        _ => max_rel_diff(&c_sparse, &c_dense),
+    };
+    let (sparse_s, dense_s) = (ts.as_secs_f64(), td.as_secs_f64());
+    let sparse_gflops = 2.0 * nnz as f64 * n as f64 / sparse_s.max(1e-12) / 1e9;
+    let dense_gflops = 2.0 * m as f64 * k as f64 * n as f64 / dense_s.max(1e-12) / 1e9;
+    Ok(BenchResult {
+        kernel: cfg.kernel,
+        m,
+        k,
+        n,
+        sparsity: cfg.sparsity,
+        block,
+        pattern: cfg.pattern,
+        threads: cfg.threads,
+        nnz,
+        sparse_ms: sparse_s * 1e3,
+        dense_ms: dense_s * 1e3,
+        sparse_gflops,
+        dense_gflops,
+        speedup: dense_s / sparse_s.max(1e-12),
+        gflops_ratio: if dense_gflops > 0.0 {
+            sparse_gflops / dense_gflops
+        } else {
+            0.0
+        },
+        max_rel_diff,
+        repeats: (reps_s, reps_d),
+    })
+}
+
+enum SparseOp {
+    Csr(crate::sparse::Csr),
+    Bsr(Bsr),
+}
+
+/// The default sweep: M = K ∈ {1024, 4096}, N ∈ {1, 128}, sparsity ∈
+/// {0.5, 0.8, 0.9, 0.95, 0.98, 0.99}.
+pub fn default_sweep(base: &BenchConfig) -> Vec<BenchConfig> {
+    let mut out = Vec::new();
+    for mk in [1024, 4096] {
+        for n in [1, 128] {
+            for sparsity in [0.5, 0.8, 0.9, 0.95, 0.98, 0.99] {
+                out.push(BenchConfig {
+                    m: mk,
+                    k: mk,
+                    n,
+                    sparsity,
+                    ..base.clone()
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Header of the table [`table_row`] fills.
+pub fn table_header() -> String {
+    format!(
+        "{:<7} {:>5} {:>5} {:>5} {:>6} {:>5} {:>9} {:>10} {:>10} {:>9} {:>9} {:>8} {:>7}",
+        "kernel",
+        "M",
+        "K",
+        "N",
+        "spars",
+        "block",
+        "nnz",
+        "sparse_ms",
+        "dense_ms",
+        "sp_GF/s",
+        "dn_GF/s",
+        "speedup",
+        "GF_ratio"
+    )
+}
+
+/// One result as a table row.
+pub fn table_row(r: &BenchResult) -> String {
+    format!(
+        "{:<7} {:>5} {:>5} {:>5} {:>6.3} {:>5} {:>9} {:>10.3} {:>10.3} {:>9.2} {:>9.2} {:>7.2}x {:>7.2}",
+        r.kernel.name(),
+        r.m,
+        r.k,
+        r.n,
+        r.sparsity,
+        r.block.map_or("-".to_string(), |b| format!("{b}x{b}")),
+        r.nnz,
+        r.sparse_ms,
+        r.dense_ms,
+        r.sparse_gflops,
+        r.dense_gflops,
+        r.speedup,
+        r.gflops_ratio
+    )
+}

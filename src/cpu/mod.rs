@@ -1,0 +1,109 @@
+//! Hand-written CPU kernels: SIMD (`wide`, along the dense dimension `N`) and `rayon`
+//! (over row blocks balanced by nnz), each beside the scalar reference that is its test
+//! oracle. Every kernel has one signature shape: destination first, operands, an
+//! explicit [`Accum`] mode, and an explicit [`Par`].
+
+pub mod bsr;
+pub mod dense;
+pub mod reference;
+pub mod sddmm;
+mod simd;
+pub mod spmm;
+
+pub use bsr::bsr_spmm;
+pub use dense::gemm;
+pub use sddmm::sddmm;
+pub use spmm::{spmm, spmm_t};
+
+use rayon::prelude::*;
+
+/// How a kernel uses threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Par {
+    /// One thread, the caller's.
+    Seq,
+    /// Split the work for this many threads of the current rayon pool.
+    Rayon(usize),
+}
+
+impl Par {
+    /// All threads of the current rayon pool (sequential where that is one).
+    pub fn current() -> Par {
+        match rayon::current_num_threads() {
+            0 | 1 => Par::Seq,
+            n => Par::Rayon(n),
+        }
+    }
+
+    /// Number of threads this setting asks for.
+    pub fn threads(self) -> usize {
+        match self {
+            Par::Seq => 1,
+            Par::Rayon(n) => n.max(1),
+        }
+    }
+}
+
+/// What a kernel does with the destination's previous contents.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Accum {
+    /// `dst = α·op`; `dst` is never read (it may hold NaN).
+    Replace,
+    /// `dst = α·op + β·dst`.
+    Add(f32),
+}
+
+/// Pieces of work per thread: more than one, so that rayon can even out the tail.
+const PARTS_PER_THREAD: usize = 4;
+
+/// Runs `f(part, parts)` over `parts` pieces, in parallel where `par` allows.
+pub(crate) fn run_parts(par: Par, parts_hint: usize, f: impl Fn(usize, usize) + Sync + Send) {
+    let parts = match par {
+        Par::Seq => 1,
+        Par::Rayon(n) => (n.max(1) * PARTS_PER_THREAD).min(parts_hint.max(1)),
+    };
+    if parts == 1 {
+        f(0, 1);
+    } else {
+        (0..parts).into_par_iter().for_each(|p| f(p, parts));
+    }
+}
+
+/// First row of part `p` of `parts` when the rows of `row_ptr` are split into pieces of
+/// equal cost, a row costing its entries plus `row_cost`. No allocation: each part finds
+/// its bounds by binary search.
+pub(crate) fn part_start(row_ptr: &[u32], row_cost: usize, p: usize, parts: usize) -> usize {
+    let nrows = row_ptr.len() - 1;
+    if p == 0 {
+        return 0;
+    }
+    if p >= parts {
+        return nrows;
+    }
+    let cost = |r: usize| row_ptr[r] as u64 + (r * row_cost) as u64;
+    let target = cost(nrows) * p as u64 / parts as u64;
+    // first row r with cost(r) >= target
+    let (mut lo, mut hi) = (0usize, nrows);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if cost(mid) < target {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
+/// A raw pointer that may cross threads; every user writes disjoint ranges through it.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub *mut f32);
+// SAFETY: only used to hand disjoint output ranges to rayon tasks.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    #[inline(always)]
+    pub fn get(self) -> *mut f32 {
+        self.0
+    }
+}

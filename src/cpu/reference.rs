@@ -1,0 +1,135 @@
+//! Scalar reference implementations: the test oracles of the SIMD kernels. Written for
+//! clarity, accumulating in `f64`; never used on a hot path.
+
+use super::Accum;
+use crate::sparse::{BsrPattern, CsrPattern};
+
+fn put(dst: &mut f32, acc: f64, alpha: f32, accum: Accum) {
+    *dst = match accum {
+        Accum::Replace => (alpha as f64 * acc) as f32,
+        Accum::Add(beta) => (alpha as f64 * acc + beta as f64 * *dst as f64) as f32,
+    };
+}
+
+/// Reference for [`spmm`](super::spmm): `C = α·A·B (+ β·C)`.
+#[allow(clippy::too_many_arguments)]
+pub fn spmm_ref(
+    c: &mut [f32],
+    a: &CsrPattern,
+    values: &[f32],
+    b: &[f32],
+    n: usize,
+    alpha: f32,
+    accum: Accum,
+) {
+    for i in 0..a.nrows() {
+        for j in 0..n {
+            let acc: f64 = a
+                .row_range(i)
+                .map(|p| values[p] as f64 * b[a.col_idx()[p] as usize * n + j] as f64)
+                .sum();
+            put(&mut c[i * n + j], acc, alpha, accum);
+        }
+    }
+}
+
+/// Reference for [`spmm_t`](super::spmm_t): `C = α·Aᵀ·B (+ β·C)`, straight from `A`'s
+/// rows (no transposed pattern).
+#[allow(clippy::too_many_arguments)]
+pub fn spmm_t_ref(
+    c: &mut [f32],
+    a: &CsrPattern,
+    values: &[f32],
+    b: &[f32],
+    n: usize,
+    alpha: f32,
+    accum: Accum,
+) {
+    let mut acc = vec![0.0f64; a.ncols() * n];
+    for i in 0..a.nrows() {
+        for p in a.row_range(i) {
+            let k = a.col_idx()[p] as usize;
+            for j in 0..n {
+                acc[k * n + j] += values[p] as f64 * b[i * n + j] as f64;
+            }
+        }
+    }
+    for (dst, &s) in c.iter_mut().zip(&acc) {
+        put(dst, s, alpha, accum);
+    }
+}
+
+/// Reference for [`sddmm`](super::sddmm).
+#[allow(clippy::too_many_arguments)]
+pub fn sddmm_ref(
+    values: &mut [f32],
+    a: &CsrPattern,
+    l: &[f32],
+    r: &[f32],
+    n: usize,
+    alpha: f32,
+    accum: Accum,
+) {
+    for i in 0..a.nrows() {
+        for p in a.row_range(i) {
+            let k = a.col_idx()[p] as usize;
+            let acc: f64 = (0..n)
+                .map(|j| l[i * n + j] as f64 * r[k * n + j] as f64)
+                .sum();
+            put(&mut values[p], acc, alpha, accum);
+        }
+    }
+}
+
+/// Reference for [`bsr_spmm`](super::bsr_spmm).
+#[allow(clippy::too_many_arguments)]
+pub fn bsr_spmm_ref(
+    c: &mut [f32],
+    a: &BsrPattern,
+    values: &[f32],
+    b: &[f32],
+    n: usize,
+    alpha: f32,
+    accum: Accum,
+) {
+    let (r, cc) = (a.block_r(), a.block_c());
+    let blocks = a.blocks();
+    for bi in 0..blocks.nrows() {
+        for rr in 0..r {
+            let i = bi * r + rr;
+            for j in 0..n {
+                let mut acc = 0.0f64;
+                for blk in blocks.row_range(bi) {
+                    let bc = blocks.col_idx()[blk] as usize;
+                    for jj in 0..cc {
+                        let v = values[blk * r * cc + rr * cc + jj] as f64;
+                        acc += v * b[(bc * cc + jj) * n + j] as f64;
+                    }
+                }
+                put(&mut c[i * n + j], acc, alpha, accum);
+            }
+        }
+    }
+}
+
+/// Reference for [`gemm`](super::gemm): `C[M×N] = α·A[M×K]·B[K×N] (+ β·C)`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_ref(
+    c: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    accum: Accum,
+) {
+    for i in 0..m {
+        for j in 0..n {
+            let acc: f64 = (0..k)
+                .map(|p| a[i * k + p] as f64 * b[p * n + j] as f64)
+                .sum();
+            put(&mut c[i * n + j], acc, alpha, accum);
+        }
+    }
+}

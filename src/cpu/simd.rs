@@ -1,0 +1,51 @@
+//! Unaligned 8-lane loads/stores and the accumulate-mode write-back shared by the kernels.
+
+use wide::f32x8;
+
+use super::Accum;
+
+/// Lanes of the SIMD vector.
+pub(crate) const LANES: usize = 8;
+
+/// Loads 8 floats from `p` (any alignment).
+#[inline(always)]
+pub(crate) unsafe fn load(p: *const f32) -> f32x8 {
+    std::ptr::read_unaligned(p as *const f32x8)
+}
+
+/// Stores 8 floats at `p` (any alignment).
+#[inline(always)]
+pub(crate) unsafe fn store(p: *mut f32, v: f32x8) {
+    std::ptr::write_unaligned(p as *mut f32x8, v)
+}
+
+/// Writes `α·acc` (+ `β·dst`) to the 8 floats at `dst`.
+#[inline(always)]
+pub(crate) unsafe fn finish8(dst: *mut f32, acc: f32x8, alpha: f32, accum: Accum) {
+    let out = match accum {
+        Accum::Replace => acc * f32x8::splat(alpha),
+        Accum::Add(beta) => acc.mul_add(f32x8::splat(alpha), load(dst) * f32x8::splat(beta)),
+    };
+    store(dst, out);
+}
+
+/// Writes `α·acc` (+ `β·dst`) to one float.
+#[inline(always)]
+pub(crate) fn finish1(dst: &mut f32, acc: f32, alpha: f32, accum: Accum) {
+    *dst = match accum {
+        Accum::Replace => alpha * acc,
+        Accum::Add(beta) => alpha * acc + beta * *dst,
+    };
+}
+
+/// Adds up `U` partial accumulator sets of `W` vectors.
+#[inline(always)]
+pub(crate) fn sum_sets<const W: usize, const U: usize>(acc: [[f32x8; W]; U]) -> [f32x8; W] {
+    let mut out = acc[0];
+    for set in acc.iter().skip(1) {
+        for w in 0..W {
+            out[w] += set[w];
+        }
+    }
+    out
+}

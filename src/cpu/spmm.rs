@@ -1,0 +1,221 @@
+//! CSR × dense: `C[M×N] = α·A·B (+ β·C)` and, on the cached transposed pattern,
+//! `C[K×N] = α·Aᵀ·B (+ β·C)`.
+//!
+//! The loop nest, per thread (rows split into nnz-balanced parts):
+//! - LOOP 3: rows `i` of the part;
+//! - LOOP 2: tiles of `8·W` columns of `N` (W = 8, 4, 2, 1 vectors, then a scalar tail);
+//! - LOOP 1: the live entries `(i, k)` of row `i` — the k loop of a GEMM — broadcasting
+//!   `A[i,k]` and accumulating `A[i,k]·B[k, tile]` into `W` vector registers, `U` sets
+//!   of them in flight so that FMA latency never binds.
+
+use wide::f32x8;
+
+use super::simd::{finish1, finish8, load, sum_sets, LANES};
+use super::{part_start, run_parts, Accum, Par, SendPtr};
+use crate::error::{check_len, Result};
+use crate::sparse::CsrPattern;
+
+/// Per-row overhead in units of one live entry, for load balancing.
+const ROW_COST: usize = 2;
+/// Minimum multiply-adds worth a rayon task.
+const MIN_TASK_WORK: usize = 1 << 15;
+
+/// `C[M×N] = α·A·B (+ β·C)`: `A` is `M×K` CSR (`pattern` + `values`), `B` is `K×N`
+/// dense row-major, `C` is `M×N` dense row-major.
+#[allow(clippy::too_many_arguments)]
+pub fn spmm(
+    c: &mut [f32],
+    pattern: &CsrPattern,
+    values: &[f32],
+    b: &[f32],
+    n: usize,
+    alpha: f32,
+    accum: Accum,
+    par: Par,
+) -> Result<()> {
+    let (m, k) = (pattern.nrows(), pattern.ncols());
+    check_len("spmm A values", pattern.nnz(), values.len())?;
+    check_len("spmm B (K×N)", k * n, b.len())?;
+    check_len("spmm C (M×N)", m * n, c.len())?;
+    // SAFETY: lengths checked above; pattern invariants bound every index.
+    let val = |p: usize| unsafe { *values.get_unchecked(p) };
+    unsafe { spmm_driver(c, pattern, val, b, n, alpha, accum, par) };
+    Ok(())
+}
+
+/// `C[K×N] = α·Aᵀ·B (+ β·C)`: `A` is `M×K` CSR, `B` is `M×N`, `C` is `K×N`. Runs over the
+/// transposed pattern cached in `pattern` (built on first use), so no atomics are needed.
+#[allow(clippy::too_many_arguments)]
+pub fn spmm_t(
+    c: &mut [f32],
+    pattern: &CsrPattern,
+    values: &[f32],
+    b: &[f32],
+    n: usize,
+    alpha: f32,
+    accum: Accum,
+    par: Par,
+) -> Result<()> {
+    let (m, k) = (pattern.nrows(), pattern.ncols());
+    check_len("spmm_t A values", pattern.nnz(), values.len())?;
+    check_len("spmm_t B (M×N)", m * n, b.len())?;
+    check_len("spmm_t C (K×N)", k * n, c.len())?;
+    let t = pattern.transpose();
+    let perm = &t.perm;
+    // SAFETY: perm is a permutation of 0..nnz, so every entry indexes `values`.
+    let val = |q: usize| unsafe { *values.get_unchecked(*perm.get_unchecked(q) as usize) };
+    unsafe { spmm_driver(c, &t.pattern, val, b, n, alpha, accum, par) };
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn spmm_driver<V: Fn(usize) -> f32 + Sync>(
+    c: &mut [f32],
+    pattern: &CsrPattern,
+    val: V,
+    b: &[f32],
+    n: usize,
+    alpha: f32,
+    accum: Accum,
+    par: Par,
+) {
+    let m = pattern.nrows();
+    if m == 0 || n == 0 {
+        return;
+    }
+    let row_ptr = pattern.row_ptr();
+    let work = (pattern.nnz() + m * ROW_COST) * n;
+    let cp = SendPtr(c.as_mut_ptr());
+    let bp = b.as_ptr() as usize;
+    run_parts(par, work / MIN_TASK_WORK, |p, parts| {
+        let r0 = part_start(row_ptr, ROW_COST, p, parts);
+        let r1 = part_start(row_ptr, ROW_COST, p + 1, parts);
+        spmm_rows(
+            r0..r1,
+            row_ptr,
+            pattern.col_idx(),
+            &val,
+            bp as *const f32,
+            n,
+            cp.get(),
+            alpha,
+            accum,
+        );
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+unsafe fn spmm_rows<V: Fn(usize) -> f32>(
+    rows: std::ops::Range<usize>,
+    row_ptr: &[u32],
+    col_idx: &[u32],
+    val: &V,
+    b: *const f32,
+    n: usize,
+    c: *mut f32,
+    alpha: f32,
+    accum: Accum,
+) {
+    let cols = col_idx.as_ptr();
+    for i in rows {
+        let (start, end) = (
+            *row_ptr.get_unchecked(i) as usize,
+            *row_ptr.get_unchecked(i + 1) as usize,
+        );
+        let crow = c.add(i * n);
+        let mut j = 0;
+        while j + 64 <= n {
+            let acc = tile::<8, 1, V>(start, end, cols, val, b, n, j);
+            write_tile(crow.add(j), acc, alpha, accum);
+            j += 64;
+        }
+        if j + 32 <= n {
+            let acc = tile::<4, 2, V>(start, end, cols, val, b, n, j);
+            write_tile(crow.add(j), acc, alpha, accum);
+            j += 32;
+        }
+        if j + 16 <= n {
+            let acc = tile::<2, 4, V>(start, end, cols, val, b, n, j);
+            write_tile(crow.add(j), acc, alpha, accum);
+            j += 16;
+        }
+        if j + 8 <= n {
+            let acc = tile::<1, 4, V>(start, end, cols, val, b, n, j);
+            write_tile(crow.add(j), acc, alpha, accum);
+            j += 8;
+        }
+        while j < n {
+            let acc = scalar_column(start, end, cols, val, b, n, j);
+            finish1(&mut *crow.add(j), acc, alpha, accum);
+            j += 1;
+        }
+    }
+}
+
+/// Accumulates `Σ_p val(p)·B[col(p), j .. j+8W]` over the entries `start..end` of a row.
+#[inline(always)]
+unsafe fn tile<const W: usize, const U: usize, V: Fn(usize) -> f32>(
+    start: usize,
+    end: usize,
+    cols: *const u32,
+    val: &V,
+    b: *const f32,
+    n: usize,
+    j: usize,
+) -> [f32x8; W] {
+    let mut acc = [[f32x8::ZERO; W]; U];
+    let mut p = start;
+    while p + U <= end {
+        for (u, set) in acc.iter_mut().enumerate() {
+            let brow = b.add(*cols.add(p + u) as usize * n + j);
+            let v = f32x8::splat(val(p + u));
+            for (w, a) in set.iter_mut().enumerate() {
+                *a = v.mul_add(load(brow.add(w * LANES)), *a);
+            }
+        }
+        p += U;
+    }
+    while p < end {
+        let brow = b.add(*cols.add(p) as usize * n + j);
+        let v = f32x8::splat(val(p));
+        for (w, a) in acc[0].iter_mut().enumerate() {
+            *a = v.mul_add(load(brow.add(w * LANES)), *a);
+        }
+        p += 1;
+    }
+    sum_sets(acc)
+}
+
+#[inline(always)]
+unsafe fn write_tile<const W: usize>(dst: *mut f32, acc: [f32x8; W], alpha: f32, accum: Accum) {
+    for (w, a) in acc.into_iter().enumerate() {
+        finish8(dst.add(w * LANES), a, alpha, accum);
+    }
+}
+
+/// One output column, four independent sums in flight (the `N < 8` and SpMV path).
+#[inline(always)]
+unsafe fn scalar_column<V: Fn(usize) -> f32>(
+    start: usize,
+    end: usize,
+    cols: *const u32,
+    val: &V,
+    b: *const f32,
+    n: usize,
+    j: usize,
+) -> f32 {
+    let mut acc = [0.0f32; 4];
+    let mut p = start;
+    while p + 4 <= end {
+        for (u, a) in acc.iter_mut().enumerate() {
+            *a += val(p + u) * *b.add(*cols.add(p + u) as usize * n + j);
+        }
+        p += 4;
+    }
+    while p < end {
+        acc[0] += val(p) * *b.add(*cols.add(p) as usize * n + j);
+        p += 1;
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3])
+}

@@ -1,0 +1,96 @@
+//! The one error type of rewire: every failure a user, a file or a shape can cause is a
+//! value of [`Error`], with a message that says what was wrong and where.
+
+use std::fmt;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every failure rewire reports.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum Error {
+    /// Two operands whose dimensions must agree do not.
+    #[error("shape mismatch in {op}: {detail}")]
+    Shape {
+        /// the operation that checked the shapes
+        op: &'static str,
+        /// what disagreed, with the numbers
+        detail: String,
+    },
+    /// A sparse structure breaks one of its invariants.
+    #[error("invalid {format} pattern: {detail}")]
+    InvalidPattern {
+        /// "CSR" or "BSR"
+        format: &'static str,
+        /// which invariant, at which row / entry
+        detail: String,
+    },
+    /// A buffer has the wrong length.
+    #[error("length mismatch for {what}: expected {expected}, got {got}")]
+    Length {
+        /// the buffer
+        what: &'static str,
+        /// the length it must have
+        expected: usize,
+        /// the length it has
+        got: usize,
+    },
+    /// A parameter outside its valid range (a sparsity of 1.5, a zero block size, ...).
+    #[error("invalid argument {name}: {detail}")]
+    InvalidArgument {
+        /// the parameter
+        name: &'static str,
+        /// why it is invalid
+        detail: String,
+    },
+    /// A size too large for the u32 indices rewire uses.
+    #[error("{what} = {value} exceeds the u32 index range")]
+    TooLarge {
+        /// what overflowed
+        what: &'static str,
+        /// its value
+        value: usize,
+    },
+    /// The CUDA backend was asked for but cannot be used.
+    #[error("CUDA unavailable: {0}")]
+    Cuda(String),
+    /// An I/O failure, with the path involved.
+    #[error("I/O error on {path}: {detail}")]
+    Io {
+        /// file involved
+        path: String,
+        /// the operating system's message
+        detail: String,
+    },
+}
+
+impl Error {
+    /// A [`Error::Shape`] for operation `op`.
+    pub fn shape(op: &'static str, detail: impl fmt::Display) -> Self {
+        Error::Shape {
+            op,
+            detail: detail.to_string(),
+        }
+    }
+
+    /// A [`Error::InvalidArgument`] for parameter `name`.
+    pub fn arg(name: &'static str, detail: impl fmt::Display) -> Self {
+        Error::InvalidArgument {
+            name,
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// Checks that a buffer has the expected length.
+pub(crate) fn check_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(Error::Length {
+            what,
+            expected,
+            got,
+        })
+    }
+}
