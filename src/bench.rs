@@ -129,24 +129,55 @@ pub struct BenchResult {
     /// largest |sparse − dense| over the output, relative to the largest |dense| value:
     /// both kernels compute the same product, and this checks it
     pub max_rel_diff: f64,
-    /// timed repeats of the sparse and of the dense kernel
-    pub repeats: (usize, usize),
+    /// timed calls of the kernel with fewer calls (timed in alternating rounds)
+    pub repeats: usize,
 }
 
-/// Median wall time of `f` after one warm-up call, repeated for at least `min_time`
-/// (and at least 5, at most 1000 times).
-pub fn time_median(min_time: Duration, mut f: impl FnMut()) -> (Duration, usize) {
-    f();
-    let mut times = Vec::new();
-    let start = Instant::now();
-    while times.len() < 5 || (start.elapsed() < min_time && times.len() < 1000) {
+/// Median per-call wall times of `a` and of `b`. The two are timed in alternating
+/// rounds (a round is a few back-to-back calls, about 60 ms, of one of them), so that both
+/// see the same machine load while each runs in its own steady state; one warm-up call
+/// each first, then rounds until each has run for `min_time` (at least 5 calls each).
+pub fn time_pair(
+    min_time: Duration,
+    mut a: impl FnMut(),
+    mut b: impl FnMut(),
+) -> (Duration, Duration, usize) {
+    let warm = |f: &mut dyn FnMut()| {
         let t = Instant::now();
         f();
-        times.push(t.elapsed());
+        t.elapsed()
+    };
+    let round_len = |first: Duration| {
+        (ROUND.as_secs_f64() / first.as_secs_f64().max(1e-9)).clamp(1.0, 100.0) as usize
+    };
+    let (ra, rb) = (round_len(warm(&mut a)), round_len(warm(&mut b)));
+    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    let (mut sum_a, mut sum_b) = (Duration::ZERO, Duration::ZERO);
+    while ta.len() < 5
+        || tb.len() < 5
+        || ((sum_a < min_time || sum_b < min_time) && ta.len() + tb.len() < 20_000)
+    {
+        for (f, times, sum, reps) in [
+            (&mut a as &mut dyn FnMut(), &mut ta, &mut sum_a, ra),
+            (&mut b, &mut tb, &mut sum_b, rb),
+        ] {
+            for _ in 0..reps {
+                let t = warm(f);
+                times.push(t);
+                *sum += t;
+            }
+        }
     }
-    times.sort();
-    (times[times.len() / 2], times.len())
+    let median = |t: &mut Vec<Duration>| {
+        t.sort();
+        t[t.len() / 2]
+    };
+    let n = ta.len().min(tb.len());
+    (median(&mut ta), median(&mut tb), n)
 }
+
+/// Length of one timing round of [`time_pair`].
+const ROUND: Duration = Duration::from_millis(60);
 
 fn random_values(len: usize, rng: &mut SeedRng) -> AlignedVec {
     let mut v = aligned_zeros(len);
@@ -293,8 +324,11 @@ fn run_in_pool(cfg: &BenchConfig) -> Result<BenchResult> {
     };
     sparse_call()?; // surface shape errors before timing
     dense_call()?;
-    let (ts, reps_s) = time_median(cfg.min_time, || sparse_call().expect("checked above"));
-    let (td, reps_d) = time_median(cfg.min_time, || dense_call().expect("checked above"));
+    let (ts, td, repeats) = time_pair(
+        cfg.min_time,
+        || sparse_call().expect("checked above"),
+        || dense_call().expect("checked above"),
+    );
 
     let max_rel_diff = match (&sparse, cfg.kernel) {
         (SparseOp::Csr(a), Kernel::Sddmm) => {
@@ -333,7 +367,7 @@ fn run_in_pool(cfg: &BenchConfig) -> Result<BenchResult> {
             0.0
         },
         max_rel_diff,
-        repeats: (reps_s, reps_d),
+        repeats,
     })
 }
 

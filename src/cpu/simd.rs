@@ -49,3 +49,23 @@ pub(crate) fn sum_sets<const W: usize, const U: usize>(acc: [[f32x8; W]; U]) -> 
     }
     out
 }
+
+/// Asks for the cache lines holding `len` floats from `p` to be brought into L1.
+#[inline(always)]
+pub(crate) unsafe fn prefetch_span(p: *const f32, len: usize) {
+    #[cfg(any(target_arch = "x86_64", target_arch = "x86"))]
+    {
+        #[cfg(target_arch = "x86")]
+        use std::arch::x86::{_mm_prefetch, _MM_HINT_T0};
+        #[cfg(target_arch = "x86_64")]
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let bytes = p as *const i8;
+        let mut off = 0;
+        while off < len * 4 {
+            _mm_prefetch::<_MM_HINT_T0>(bytes.wrapping_add(off));
+            off += 64;
+        }
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "x86")))]
+    let _ = (p, len);
+}

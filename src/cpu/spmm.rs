@@ -17,6 +17,9 @@ use crate::sparse::CsrPattern;
 
 /// Per-row overhead in units of one live entry, for load balancing.
 const ROW_COST: usize = 2;
+/// Entries ahead whose row of `B` is prefetched: rows of `B` are read in random order,
+/// which the hardware prefetcher cannot follow.
+const PREFETCH_AHEAD: usize = 8;
 /// Minimum multiply-adds worth a rayon task.
 const MIN_TASK_WORK: usize = 1 << 15;
 
@@ -167,6 +170,10 @@ unsafe fn tile<const W: usize, const U: usize, V: Fn(usize) -> f32>(
     let mut acc = [[f32x8::ZERO; W]; U];
     let mut p = start;
     while p + U <= end {
+        if p + PREFETCH_AHEAD < end {
+            let ahead = b.add(*cols.add(p + PREFETCH_AHEAD) as usize * n + j);
+            super::simd::prefetch_span(ahead, W * LANES);
+        }
         for (u, set) in acc.iter_mut().enumerate() {
             let brow = b.add(*cols.add(p + u) as usize * n + j);
             let v = f32x8::splat(val(p + u));
