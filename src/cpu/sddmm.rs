@@ -4,8 +4,13 @@
 //! only.
 //!
 //! The loop nest, per thread (rows split into nnz-balanced parts):
-//! - LOOP 2: rows `i`; `L[i, :]` stays hot in L1 for the whole row;
-//! - LOOP 1: the live entries of the row, four at a time, each dot product along `N`
+//! - LOOP 4: blocks of `rb` rows (their rows of `L` stay in L2);
+//! - LOOP 3: panels of `kb` columns of the pattern, i.e. `kb` rows of `R`, sized so that
+//!   the panel and the block of `L` fit in L2 together — rows of `R` are read in random
+//!   order, and from L3 they would starve the FMAs;
+//! - LOOP 2: rows `i` of the block, resuming where the previous panel stopped (a cursor
+//!   per row, on the stack);
+//! - LOOP 1: the row's entries in the panel, four at a time, each dot product along `N`
 //!   with two vector accumulators (eight independent FMA chains in flight), reduced
 //!   horizontally once per entry.
 
@@ -18,6 +23,10 @@ use crate::sparse::CsrPattern;
 
 const ROW_COST: usize = 1;
 const MIN_TASK_WORK: usize = 1 << 15;
+/// Bytes of L2 (per core) the blocking plans to fill.
+const L2_BUDGET: usize = 320 * 1024;
+/// Largest block of rows (the size of the on-stack cursor array).
+const MAX_RB: usize = 256;
 /// Entries whose dot products run together.
 const GROUP: usize = 4;
 
@@ -58,6 +67,7 @@ pub fn sddmm(
                 lp as *const f32,
                 rp as *const f32,
                 n,
+                k,
                 out.get(),
                 alpha,
                 accum,
@@ -76,30 +86,57 @@ unsafe fn sddmm_rows(
     l: *const f32,
     r: *const f32,
     n: usize,
+    k: usize,
     out: *mut f32,
     alpha: f32,
     accum: Accum,
 ) {
-    for i in rows {
-        let lrow = l.add(i * n);
-        let (start, end) = (row_ptr[i] as usize, row_ptr[i + 1] as usize);
-        let mut p = start;
-        while p + GROUP <= end {
-            let rrows: [*const f32; GROUP] =
-                std::array::from_fn(|g| r.add(*cols.get_unchecked(p + g) as usize * n));
-            let dots = dot_group(lrow, rrows, n);
-            for (g, d) in dots.into_iter().enumerate() {
-                write(out.add(p + g), d, alpha, accum);
+    let (rb, kb) = block_sizes(n, k);
+    let mut cursor = [0usize; MAX_RB];
+    let mut r0 = rows.start;
+    while r0 < rows.end {
+        let r1 = (r0 + rb).min(rows.end);
+        for i in r0..r1 {
+            cursor[i - r0] = row_ptr[i] as usize;
+        }
+        let mut k0 = 0;
+        while k0 < k {
+            let k1 = (k0 + kb).min(k) as u32;
+            for i in r0..r1 {
+                let lrow = l.add(i * n);
+                let end = row_ptr[i + 1] as usize;
+                let mut p = cursor[i - r0];
+                while p + GROUP <= end && *cols.get_unchecked(p + GROUP - 1) < k1 {
+                    let rrows: [*const f32; GROUP] =
+                        std::array::from_fn(|g| r.add(*cols.get_unchecked(p + g) as usize * n));
+                    let dots = dot_group(lrow, rrows, n);
+                    for (g, d) in dots.into_iter().enumerate() {
+                        write(out.add(p + g), d, alpha, accum);
+                    }
+                    p += GROUP;
+                }
+                while p < end && *cols.get_unchecked(p) < k1 {
+                    let rrow = r.add(*cols.get_unchecked(p) as usize * n);
+                    let d = dot_group(lrow, [rrow], n)[0];
+                    write(out.add(p), d, alpha, accum);
+                    p += 1;
+                }
+                cursor[i - r0] = p;
             }
-            p += GROUP;
+            k0 += kb;
         }
-        while p < end {
-            let rrow = r.add(*cols.get_unchecked(p) as usize * n);
-            let d = dot_group(lrow, [rrow], n)[0];
-            write(out.add(p), d, alpha, accum);
-            p += 1;
-        }
+        r0 = r1;
     }
+}
+
+/// Rows per block and `R` rows per panel for rows of `n` floats and `k` panel candidates:
+/// a block of `L` rows (a third of the budget) and a panel of `R` rows (two thirds) stay
+/// in L2 together while the block's entries in the panel are computed.
+fn block_sizes(n: usize, k: usize) -> (usize, usize) {
+    let row_bytes = (n * 4).max(4);
+    let rb = (L2_BUDGET / 3 / row_bytes).clamp(8, MAX_RB);
+    let kb = (L2_BUDGET * 2 / 3 / row_bytes).clamp(16, k.max(16));
+    (rb, kb)
 }
 
 #[inline(always)]

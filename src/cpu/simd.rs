@@ -69,3 +69,33 @@ pub(crate) unsafe fn prefetch_span(p: *const f32, len: usize) {
     #[cfg(not(any(target_arch = "x86_64", target_arch = "x86")))]
     let _ = (p, len);
 }
+
+/// `[base[idx[0]·stride], …, base[idx[7]·stride]]`: an AVX2 gather where the build has
+/// AVX2, eight scalar loads elsewhere.
+///
+/// # Safety
+/// The eight indices at `idx` must be readable and every `idx[i]·stride` in bounds of
+/// `base`; with AVX2, `idx[i]·stride` must also be below 2³¹ (callers check
+/// [`gather_fits`]).
+#[inline(always)]
+pub(crate) unsafe fn gather8(base: *const f32, idx: *const u32, stride: usize) -> f32x8 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    {
+        use std::arch::x86_64::{_mm256_i32gather_ps, _mm256_loadu_si256, _mm256_mullo_epi32, _mm256_set1_epi32};
+        let mut i = _mm256_loadu_si256(idx as *const _);
+        if stride != 1 {
+            i = _mm256_mullo_epi32(i, _mm256_set1_epi32(stride as i32));
+        }
+        // SAFETY: f32x8 is a 32-byte, 32-aligned wrapper of one __m256 on AVX builds.
+        std::mem::transmute::<std::arch::x86_64::__m256, f32x8>(_mm256_i32gather_ps::<4>(base, i))
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+    {
+        f32x8::from(std::array::from_fn::<f32, 8, _>(|l| *base.add(*idx.add(l) as usize * stride)))
+    }
+}
+
+/// Whether every index below `rows` times `stride` fits a 32-bit signed gather offset.
+pub(crate) fn gather_fits(rows: usize, stride: usize) -> bool {
+    rows.saturating_mul(stride.max(1)) < i32::MAX as usize
+}

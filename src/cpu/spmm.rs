@@ -10,7 +10,7 @@
 
 use wide::f32x8;
 
-use super::simd::{finish1, finish8, load, sum_sets, LANES};
+use super::simd::{finish1, finish8, gather8, gather_fits, load, sum_sets, LANES};
 use super::{part_start, run_parts, Accum, Par, SendPtr};
 use crate::error::{check_len, Result};
 use crate::sparse::CsrPattern;
@@ -41,8 +41,7 @@ pub fn spmm(
     check_len("spmm B (K×N)", k * n, b.len())?;
     check_len("spmm C (M×N)", m * n, c.len())?;
     // SAFETY: lengths checked above; pattern invariants bound every index.
-    let val = |p: usize| unsafe { *values.get_unchecked(p) };
-    unsafe { spmm_driver(c, pattern, val, b, n, alpha, accum, par) };
+    unsafe { spmm_driver(c, pattern, &Direct(values), b, n, alpha, accum, par) };
     Ok(())
 }
 
@@ -64,18 +63,59 @@ pub fn spmm_t(
     check_len("spmm_t B (M×N)", m * n, b.len())?;
     check_len("spmm_t C (K×N)", k * n, c.len())?;
     let t = pattern.transpose();
-    let perm = &t.perm;
+    let vals = Permuted {
+        values,
+        perm: &t.perm,
+    };
     // SAFETY: perm is a permutation of 0..nnz, so every entry indexes `values`.
-    let val = |q: usize| unsafe { *values.get_unchecked(*perm.get_unchecked(q) as usize) };
-    unsafe { spmm_driver(c, &t.pattern, val, b, n, alpha, accum, par) };
+    unsafe { spmm_driver(c, &t.pattern, &vals, b, n, alpha, accum, par) };
     Ok(())
 }
 
+/// Where the kernel finds the value of entry `p` of the pattern it walks.
+trait EntryValues: Sync {
+    /// value of entry `p`
+    unsafe fn get(&self, p: usize) -> f32;
+    /// values of entries `p .. p + 8`
+    unsafe fn get8(&self, p: usize) -> f32x8;
+}
+
+/// Values stored in pattern order.
+struct Direct<'a>(&'a [f32]);
+
+impl EntryValues for Direct<'_> {
+    #[inline(always)]
+    unsafe fn get(&self, p: usize) -> f32 {
+        *self.0.get_unchecked(p)
+    }
+    #[inline(always)]
+    unsafe fn get8(&self, p: usize) -> f32x8 {
+        load(self.0.as_ptr().add(p))
+    }
+}
+
+/// Values of the transposed pattern: entry `q` holds `values[perm[q]]`.
+struct Permuted<'a> {
+    values: &'a [f32],
+    perm: &'a [u32],
+}
+
+impl EntryValues for Permuted<'_> {
+    #[inline(always)]
+    unsafe fn get(&self, q: usize) -> f32 {
+        *self.values.get_unchecked(*self.perm.get_unchecked(q) as usize)
+    }
+    #[inline(always)]
+    unsafe fn get8(&self, q: usize) -> f32x8 {
+        gather8(self.values.as_ptr(), self.perm.as_ptr().add(q), 1)
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
-unsafe fn spmm_driver<V: Fn(usize) -> f32 + Sync>(
+unsafe fn spmm_driver<E: EntryValues>(
     c: &mut [f32],
     pattern: &CsrPattern,
-    val: V,
+    val: &E,
     b: &[f32],
     n: usize,
     alpha: f32,
@@ -87,6 +127,8 @@ unsafe fn spmm_driver<V: Fn(usize) -> f32 + Sync>(
         return;
     }
     let row_ptr = pattern.row_ptr();
+    // 32-bit gather offsets must reach every row of B and every value.
+    let gather_ok = gather_fits(pattern.ncols(), n) && gather_fits(pattern.nnz(), 1);
     let work = (pattern.nnz() + m * ROW_COST) * n;
     let cp = SendPtr(c.as_mut_ptr());
     let bp = b.as_ptr() as usize;
@@ -97,28 +139,30 @@ unsafe fn spmm_driver<V: Fn(usize) -> f32 + Sync>(
             r0..r1,
             row_ptr,
             pattern.col_idx(),
-            &val,
+            val,
             bp as *const f32,
             n,
             cp.get(),
             alpha,
             accum,
+            gather_ok,
         );
     });
 }
 
 #[allow(clippy::too_many_arguments)]
 #[inline(never)]
-unsafe fn spmm_rows<V: Fn(usize) -> f32>(
+unsafe fn spmm_rows<E: EntryValues>(
     rows: std::ops::Range<usize>,
     row_ptr: &[u32],
     col_idx: &[u32],
-    val: &V,
+    val: &E,
     b: *const f32,
     n: usize,
     c: *mut f32,
     alpha: f32,
     accum: Accum,
+    gather_ok: bool,
 ) {
     let cols = col_idx.as_ptr();
     for i in rows {
@@ -129,27 +173,27 @@ unsafe fn spmm_rows<V: Fn(usize) -> f32>(
         let crow = c.add(i * n);
         let mut j = 0;
         while j + 64 <= n {
-            let acc = tile::<8, 1, V>(start, end, cols, val, b, n, j);
+            let acc = tile::<8, 1, E>(start, end, cols, val, b, n, j);
             write_tile(crow.add(j), acc, alpha, accum);
             j += 64;
         }
         if j + 32 <= n {
-            let acc = tile::<4, 2, V>(start, end, cols, val, b, n, j);
+            let acc = tile::<4, 2, E>(start, end, cols, val, b, n, j);
             write_tile(crow.add(j), acc, alpha, accum);
             j += 32;
         }
         if j + 16 <= n {
-            let acc = tile::<2, 4, V>(start, end, cols, val, b, n, j);
+            let acc = tile::<2, 4, E>(start, end, cols, val, b, n, j);
             write_tile(crow.add(j), acc, alpha, accum);
             j += 16;
         }
         if j + 8 <= n {
-            let acc = tile::<1, 4, V>(start, end, cols, val, b, n, j);
+            let acc = tile::<1, 4, E>(start, end, cols, val, b, n, j);
             write_tile(crow.add(j), acc, alpha, accum);
             j += 8;
         }
         while j < n {
-            let acc = scalar_column(start, end, cols, val, b, n, j);
+            let acc = column(start, end, cols, val, b, n, j, gather_ok);
             finish1(&mut *crow.add(j), acc, alpha, accum);
             j += 1;
         }
@@ -158,11 +202,11 @@ unsafe fn spmm_rows<V: Fn(usize) -> f32>(
 
 /// Accumulates `Σ_p val(p)·B[col(p), j .. j+8W]` over the entries `start..end` of a row.
 #[inline(always)]
-unsafe fn tile<const W: usize, const U: usize, V: Fn(usize) -> f32>(
+unsafe fn tile<const W: usize, const U: usize, E: EntryValues>(
     start: usize,
     end: usize,
     cols: *const u32,
-    val: &V,
+    val: &E,
     b: *const f32,
     n: usize,
     j: usize,
@@ -176,7 +220,7 @@ unsafe fn tile<const W: usize, const U: usize, V: Fn(usize) -> f32>(
         }
         for (u, set) in acc.iter_mut().enumerate() {
             let brow = b.add(*cols.add(p + u) as usize * n + j);
-            let v = f32x8::splat(val(p + u));
+            let v = f32x8::splat(val.get(p + u));
             for (w, a) in set.iter_mut().enumerate() {
                 *a = v.mul_add(load(brow.add(w * LANES)), *a);
             }
@@ -185,7 +229,7 @@ unsafe fn tile<const W: usize, const U: usize, V: Fn(usize) -> f32>(
     }
     while p < end {
         let brow = b.add(*cols.add(p) as usize * n + j);
-        let v = f32x8::splat(val(p));
+        let v = f32x8::splat(val.get(p));
         for (w, a) in acc[0].iter_mut().enumerate() {
             *a = v.mul_add(load(brow.add(w * LANES)), *a);
         }
@@ -201,28 +245,62 @@ unsafe fn write_tile<const W: usize>(dst: *mut f32, acc: [f32x8; W], alpha: f32,
     }
 }
 
-/// One output column, four independent sums in flight (the `N < 8` and SpMV path).
+/// One output column `j` (SpMV and the `N mod 8` tails). SpMV: eight scalar sums in
+/// flight; tails: eight entries at a time, their values of `B` gathered, two vector sums
+/// in flight.
 #[inline(always)]
-unsafe fn scalar_column<V: Fn(usize) -> f32>(
+unsafe fn column<E: EntryValues>(
     start: usize,
     end: usize,
     cols: *const u32,
-    val: &V,
+    val: &E,
     b: *const f32,
     n: usize,
     j: usize,
+    gather_ok: bool,
 ) -> f32 {
-    let mut acc = [0.0f32; 4];
+    let bj = b.add(j);
+    let (mut acc0, mut acc1) = (f32x8::ZERO, f32x8::ZERO);
     let mut p = start;
-    while p + 4 <= end {
-        for (u, a) in acc.iter_mut().enumerate() {
-            *a += val(p + u) * *b.add(*cols.add(p + u) as usize * n + j);
+    if n == 1 {
+        // SpMV: B is a vector, small enough to stay in cache; eight scalar chains beat
+        // the gather here.
+        let mut acc = [0.0f32; 8];
+        while p + 8 <= end {
+            for (u, a) in acc.iter_mut().enumerate() {
+                *a = val.get(p + u).mul_add(*bj.add(*cols.add(p + u) as usize), *a);
+            }
+            p += 8;
         }
-        p += 4;
+        let mut sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+        while p < end {
+            sum += val.get(p) * *bj.add(*cols.add(p) as usize);
+            p += 1;
+        }
+        return sum;
     }
+    if !gather_ok {
+        let mut sum = 0.0;
+        for q in start..end {
+            sum += val.get(q) * *bj.add(*cols.add(q) as usize * n);
+        }
+        return sum;
+    }
+    while p + 2 * LANES <= end {
+        acc0 = val.get8(p).mul_add(gather8(bj, cols.add(p), n), acc0);
+        acc1 = val
+            .get8(p + LANES)
+            .mul_add(gather8(bj, cols.add(p + LANES), n), acc1);
+        p += 2 * LANES;
+    }
+    if p + LANES <= end {
+        acc0 = val.get8(p).mul_add(gather8(bj, cols.add(p), n), acc0);
+        p += LANES;
+    }
+    let mut sum = (acc0 + acc1).reduce_add();
     while p < end {
-        acc[0] += val(p) * *b.add(*cols.add(p) as usize * n + j);
+        sum += val.get(p) * *bj.add(*cols.add(p) as usize * n);
         p += 1;
     }
-    (acc[0] + acc[1]) + (acc[2] + acc[3])
+    sum
 }
