@@ -94,3 +94,14 @@ pub(crate) fn check_len(what: &'static str, expected: usize, got: usize) -> Resu
         })
     }
 }
+
+/// Checks that a buffer holds a `rows × cols` matrix, without overflow in the product.
+pub(crate) fn check_dims(what: &'static str, rows: usize, cols: usize, got: usize) -> Result<()> {
+    match rows.checked_mul(cols) {
+        Some(expected) => check_len(what, expected, got),
+        None => Err(Error::TooLarge {
+            what,
+            value: usize::MAX,
+        }),
+    }
+}

@@ -17,7 +17,7 @@ use wide::f32x8;
 
 use super::simd::{finish1, finish8, load, LANES};
 use super::{part_start, run_parts, Accum, Par, SendPtr};
-use crate::error::{check_len, Result};
+use crate::error::{check_dims, check_len, Result};
 use crate::sparse::BsrPattern;
 
 const MIN_TASK_WORK: usize = 1 << 15;
@@ -39,8 +39,8 @@ pub fn bsr_spmm(
 ) -> Result<()> {
     let (m, k) = (pattern.nrows(), pattern.ncols());
     check_len("bsr_spmm A values", pattern.nnz(), values.len())?;
-    check_len("bsr_spmm B (K×N)", k * n, b.len())?;
-    check_len("bsr_spmm C (M×N)", m * n, c.len())?;
+    check_dims("bsr_spmm B (K×N)", k, n, b.len())?;
+    check_dims("bsr_spmm C (M×N)", m, n, c.len())?;
     if m == 0 || n == 0 {
         return Ok(());
     }
@@ -205,7 +205,7 @@ unsafe fn block_rows_generic(rows: std::ops::Range<usize>, r: usize, c: usize, a
                 j += LANES;
             }
         }
-        if n % LANES != 0 {
+        if !n.is_multiple_of(LANES) {
             scalar_tail(bi, r, c, start, end, n - n % LANES, a);
         }
     }

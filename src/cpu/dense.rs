@@ -3,7 +3,7 @@
 //! lie, so this is the fastest pure-Rust GEMM, called with row-major strides.
 
 use super::{Accum, Par};
-use crate::error::{check_len, Result};
+use crate::error::{check_dims, Result};
 
 /// Whether an operand is used as stored or transposed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,9 +46,9 @@ pub fn gemm_ex(
     accum: Accum,
     par: Par,
 ) -> Result<()> {
-    check_len("gemm A", m * k, a.len())?;
-    check_len("gemm B", k * n, b.len())?;
-    check_len("gemm C (M×N)", m * n, c.len())?;
+    check_dims("gemm A", m, k, a.len())?;
+    check_dims("gemm B", k, n, b.len())?;
+    check_dims("gemm C (M×N)", m, n, c.len())?;
     if m == 0 || n == 0 {
         return Ok(());
     }

@@ -18,7 +18,7 @@ use wide::f32x8;
 
 use super::simd::{load, LANES};
 use super::{part_start, run_parts, Accum, Par, SendPtr};
-use crate::error::{check_len, Result};
+use crate::error::{check_dims, check_len, Result};
 use crate::sparse::CsrPattern;
 
 const ROW_COST: usize = 1;
@@ -45,8 +45,8 @@ pub fn sddmm(
 ) -> Result<()> {
     let (m, k) = (pattern.nrows(), pattern.ncols());
     check_len("sddmm values", pattern.nnz(), values.len())?;
-    check_len("sddmm L (M×N)", m * n, l.len())?;
-    check_len("sddmm R (K×N)", k * n, r.len())?;
+    check_dims("sddmm L (M×N)", m, n, l.len())?;
+    check_dims("sddmm R (K×N)", k, n, r.len())?;
     if m == 0 {
         return Ok(());
     }

@@ -81,7 +81,9 @@ pub(crate) unsafe fn prefetch_span(p: *const f32, len: usize) {
 pub(crate) unsafe fn gather8(base: *const f32, idx: *const u32, stride: usize) -> f32x8 {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
     {
-        use std::arch::x86_64::{_mm256_i32gather_ps, _mm256_loadu_si256, _mm256_mullo_epi32, _mm256_set1_epi32};
+        use std::arch::x86_64::{
+            _mm256_i32gather_ps, _mm256_loadu_si256, _mm256_mullo_epi32, _mm256_set1_epi32,
+        };
         let mut i = _mm256_loadu_si256(idx as *const _);
         if stride != 1 {
             i = _mm256_mullo_epi32(i, _mm256_set1_epi32(stride as i32));
@@ -91,7 +93,9 @@ pub(crate) unsafe fn gather8(base: *const f32, idx: *const u32, stride: usize) -
     }
     #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
     {
-        f32x8::from(std::array::from_fn::<f32, 8, _>(|l| *base.add(*idx.add(l) as usize * stride)))
+        f32x8::from(std::array::from_fn::<f32, 8, _>(|l| {
+            *base.add(*idx.add(l) as usize * stride)
+        }))
     }
 }
 

@@ -12,7 +12,7 @@ use wide::f32x8;
 
 use super::simd::{finish1, finish8, gather8, gather_fits, load, sum_sets, LANES};
 use super::{part_start, run_parts, Accum, Par, SendPtr};
-use crate::error::{check_len, Result};
+use crate::error::{check_dims, check_len, Result};
 use crate::sparse::CsrPattern;
 
 /// Per-row overhead in units of one live entry, for load balancing.
@@ -38,8 +38,8 @@ pub fn spmm(
 ) -> Result<()> {
     let (m, k) = (pattern.nrows(), pattern.ncols());
     check_len("spmm A values", pattern.nnz(), values.len())?;
-    check_len("spmm B (K×N)", k * n, b.len())?;
-    check_len("spmm C (M×N)", m * n, c.len())?;
+    check_dims("spmm B (K×N)", k, n, b.len())?;
+    check_dims("spmm C (M×N)", m, n, c.len())?;
     // SAFETY: lengths checked above; pattern invariants bound every index.
     unsafe { spmm_driver(c, pattern, &Direct(values), b, n, alpha, accum, par) };
     Ok(())
@@ -60,8 +60,8 @@ pub fn spmm_t(
 ) -> Result<()> {
     let (m, k) = (pattern.nrows(), pattern.ncols());
     check_len("spmm_t A values", pattern.nnz(), values.len())?;
-    check_len("spmm_t B (M×N)", m * n, b.len())?;
-    check_len("spmm_t C (K×N)", k * n, c.len())?;
+    check_dims("spmm_t B (M×N)", m, n, b.len())?;
+    check_dims("spmm_t C (K×N)", k, n, c.len())?;
     let t = pattern.transpose();
     let vals = Permuted {
         values,
@@ -103,7 +103,9 @@ struct Permuted<'a> {
 impl EntryValues for Permuted<'_> {
     #[inline(always)]
     unsafe fn get(&self, q: usize) -> f32 {
-        *self.values.get_unchecked(*self.perm.get_unchecked(q) as usize)
+        *self
+            .values
+            .get_unchecked(*self.perm.get_unchecked(q) as usize)
     }
     #[inline(always)]
     unsafe fn get8(&self, q: usize) -> f32x8 {
@@ -248,6 +250,7 @@ unsafe fn write_tile<const W: usize>(dst: *mut f32, acc: [f32x8; W], alpha: f32,
 /// One output column `j` (SpMV and the `N mod 8` tails). SpMV: eight scalar sums in
 /// flight; tails: eight entries at a time, their values of `B` gathered, two vector sums
 /// in flight.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn column<E: EntryValues>(
     start: usize,
@@ -268,11 +271,14 @@ unsafe fn column<E: EntryValues>(
         let mut acc = [0.0f32; 8];
         while p + 8 <= end {
             for (u, a) in acc.iter_mut().enumerate() {
-                *a = val.get(p + u).mul_add(*bj.add(*cols.add(p + u) as usize), *a);
+                *a = val
+                    .get(p + u)
+                    .mul_add(*bj.add(*cols.add(p + u) as usize), *a);
             }
             p += 8;
         }
-        let mut sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+        let mut sum =
+            ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
         while p < end {
             sum += val.get(p) * *bj.add(*cols.add(p) as usize);
             p += 1;

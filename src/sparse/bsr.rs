@@ -20,7 +20,9 @@
 use std::sync::Arc;
 
 use crate::error::{check_len, Error, Result};
-use crate::sparse::csr::{aligned_from_slice, aligned_zeros, AlignedVec, Csr, CsrPattern};
+use crate::sparse::csr::{
+    aligned_from_slice, aligned_zeros, check_u32, AlignedVec, Csr, CsrPattern,
+};
 
 /// The structure of a block-sparse matrix.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,9 +61,11 @@ impl BsrPattern {
                 format!("block shape must be at least 1×1, got {r}×{c}"),
             ));
         }
-        crate::sparse::csr::check_u32("nrows", blocks.nrows().saturating_mul(r))?;
-        crate::sparse::csr::check_u32("ncols", blocks.ncols().saturating_mul(c))?;
-        crate::sparse::csr::check_u32("nnz", blocks.nnz().saturating_mul(r * c))?;
+        check_u32("block r", r)?;
+        check_u32("block c", c)?;
+        check_u32("nrows", blocks.nrows().saturating_mul(r))?;
+        check_u32("ncols", blocks.ncols().saturating_mul(c))?;
+        check_u32("nnz", blocks.nnz().saturating_mul(r.saturating_mul(c)))?;
         Ok(BsrPattern { blocks, r, c })
     }
 
@@ -176,7 +180,7 @@ impl Bsr {
                     values.extend(block);
                 }
             }
-            crate::sparse::csr::check_u32("nnzb", col_idx.len())?;
+            check_u32("nnzb", col_idx.len())?;
             row_ptr.push(col_idx.len() as u32);
         }
         let pattern = BsrPattern::new(br, bc, r, c, row_ptr, col_idx)?;
@@ -213,7 +217,7 @@ impl Bsr {
                     values[b * r * c + i * c + j % c] = csr.values()[k];
                 }
             }
-            crate::sparse::csr::check_u32("nnzb", col_idx.len())?;
+            check_u32("nnzb", col_idx.len())?;
             row_ptr.push(col_idx.len() as u32);
         }
         let pattern = BsrPattern::new(br, bc, r, c, row_ptr, col_idx)?;
@@ -268,7 +272,7 @@ fn check_block_shape(nrows: usize, ncols: usize, r: usize, c: usize) -> Result<(
             format!("block shape must be at least 1×1, got {r}×{c}"),
         ));
     }
-    if nrows % r != 0 || ncols % c != 0 {
+    if !nrows.is_multiple_of(r) || !ncols.is_multiple_of(c) {
         return Err(Error::shape(
             "BSR conversion",
             format!("a {nrows}×{ncols} matrix does not divide into {r}×{c} blocks"),

@@ -61,16 +61,18 @@ impl CsrPattern {
     /// uniformly.
     pub fn random_rows(ncols: usize, row_nnz: &[usize], rng: &mut SeedRng) -> Result<Self> {
         let nrows = row_nnz.len();
+        if let Some((i, &k)) = row_nnz.iter().enumerate().find(|(_, &k)| k > ncols) {
+            return Err(Error::arg(
+                "row_nnz",
+                format!("row {i} asks for {k} entries but has only {ncols} columns"),
+            ));
+        }
+        let total: usize = row_nnz.iter().sum(); // each ≤ ncols, so no overflow in practice
+        check_u32("nnz", total)?;
         let mut row_ptr = Vec::with_capacity(nrows + 1);
         row_ptr.push(0u32);
-        let mut col_idx: Vec<u32> = Vec::with_capacity(row_nnz.iter().sum());
-        for (i, &k) in row_nnz.iter().enumerate() {
-            if k > ncols {
-                return Err(Error::arg(
-                    "row_nnz",
-                    format!("row {i} asks for {k} entries but has only {ncols} columns"),
-                ));
-            }
+        let mut col_idx: Vec<u32> = Vec::with_capacity(total);
+        for &k in row_nnz {
             let start = col_idx.len();
             col_idx.extend(sample(rng, ncols, k).into_iter().map(|c| c as u32));
             col_idx[start..].sort_unstable();
@@ -95,6 +97,11 @@ pub fn skewed_row_nnz(
     frac_rows: f64,
     frac_nnz: f64,
 ) -> Result<Vec<usize>> {
+    for (name, f) in [("frac_rows", frac_rows), ("frac_nnz", frac_nnz)] {
+        if !(0.0..=1.0).contains(&f) {
+            return Err(Error::arg(name, format!("must lie in [0, 1], got {f}")));
+        }
+    }
     let heavy_rows = ((nrows as f64 * frac_rows).round() as usize).clamp(1, nrows.max(1));
     let light_rows = nrows - heavy_rows.min(nrows);
     let heavy_nnz = if light_rows == 0 {

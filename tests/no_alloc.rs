@@ -1,0 +1,70 @@
+//! Kernels allocate nothing per call in steady state: a counting global allocator
+//! watches a second round of calls (the first may build the cached transpose).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use rewire::cpu::{bsr_spmm, sddmm, spmm, spmm_t, Accum, Par};
+use rewire::sparse::{seed_rng, BsrPattern, CsrPattern};
+
+struct Counting;
+
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::SeqCst);
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn kernels_do_not_allocate_in_steady_state() {
+    let (m, k, n) = (300, 200, 37);
+    let mut rng = seed_rng(7);
+    let pattern = Arc::new(CsrPattern::random(m, k, 6000, &mut rng).unwrap());
+    let bsr = BsrPattern::random(m / 4, k / 4, 4, 4, 500, &mut rng).unwrap();
+    let values = vec![0.5f32; pattern.nnz()];
+    let bvals = vec![0.25f32; bsr.nnz()];
+    let b = vec![1.0f32; k * n];
+    let bt = vec![1.0f32; m * n];
+    let mut c = vec![0.0f32; m * n];
+    let mut ct = vec![0.0f32; k * n];
+    let mut grad = vec![0.0f32; pattern.nnz()];
+
+    let mut round = |par: Par| {
+        spmm(&mut c, &pattern, &values, &b, n, 1.0, Accum::Replace, par).unwrap();
+        spmm_t(
+            &mut ct,
+            &pattern,
+            &values,
+            &bt,
+            n,
+            1.0,
+            Accum::Add(1.0),
+            par,
+        )
+        .unwrap();
+        sddmm(&mut grad, &pattern, &bt, &b, n, 0.5, Accum::Replace, par).unwrap();
+        bsr_spmm(&mut c, &bsr, &bvals, &b, n, 1.0, Accum::Add(0.5), par).unwrap();
+    };
+    round(Par::Seq); // builds the cached transpose
+    let before = ALLOCS.load(Ordering::SeqCst);
+    for _ in 0..3 {
+        round(Par::Seq);
+    }
+    let after = ALLOCS.load(Ordering::SeqCst);
+    assert_eq!(
+        after - before,
+        0,
+        "sequential kernels allocated {} times",
+        after - before
+    );
+}
