@@ -10,13 +10,13 @@
 //!   order, and from L3 they would starve the FMAs;
 //! - LOOP 2: rows `i` of the block, resuming where the previous panel stopped (a cursor
 //!   per row, on the stack);
-//! - LOOP 1: the row's entries in the panel, four at a time, each dot product along `N`
-//!   with two vector accumulators (eight independent FMA chains in flight), reduced
-//!   horizontally once per entry.
+//! - LOOP 1: the row's entries in the panel, eight at a time: eight dot products along
+//!   `N`, one vector accumulator each (eight independent FMA chains), reduced together
+//!   into one vector of eight results and stored with one write.
 
 use wide::f32x8;
 
-use super::simd::{load, LANES};
+use super::simd::{finish8, load, LANES};
 use super::{part_start, run_parts, Accum, Par, SendPtr};
 use crate::error::{check_dims, check_len, Result};
 use crate::sparse::CsrPattern;
@@ -27,8 +27,6 @@ const MIN_TASK_WORK: usize = 1 << 15;
 const L2_BUDGET: usize = 320 * 1024;
 /// Largest block of rows (the size of the on-stack cursor array).
 const MAX_RB: usize = 256;
-/// Entries whose dot products run together.
-const GROUP: usize = 4;
 
 /// `values[p] = α·⟨L[row(p), :], R[col(p), :]⟩ (+ β·values[p])` for every live entry `p`
 /// of `pattern` (`M×K`); `L` is `M×N` and `R` is `K×N`, both dense row-major.
@@ -106,14 +104,11 @@ unsafe fn sddmm_rows(
                 let lrow = l.add(i * n);
                 let end = row_ptr[i + 1] as usize;
                 let mut p = cursor[i - r0];
-                while p + GROUP <= end && *cols.get_unchecked(p + GROUP - 1) < k1 {
-                    let rrows: [*const f32; GROUP] =
+                while p + LANES <= end && *cols.get_unchecked(p + LANES - 1) < k1 {
+                    let rrows: [*const f32; LANES] =
                         std::array::from_fn(|g| r.add(*cols.get_unchecked(p + g) as usize * n));
-                    let dots = dot_group(lrow, rrows, n);
-                    for (g, d) in dots.into_iter().enumerate() {
-                        write(out.add(p + g), d, alpha, accum);
-                    }
-                    p += GROUP;
+                    finish8(out.add(p), dot8(lrow, rrows, n), alpha, accum);
+                    p += LANES;
                 }
                 while p < end && *cols.get_unchecked(p) < k1 {
                     let rrow = r.add(*cols.get_unchecked(p) as usize * n);
@@ -142,6 +137,56 @@ fn block_sizes(n: usize, k: usize) -> (usize, usize) {
 #[inline(always)]
 unsafe fn write(dst: *mut f32, dot: f32, alpha: f32, accum: Accum) {
     super::simd::finish1(&mut *dst, dot, alpha, accum);
+}
+
+/// Eight dot products of `lrow` with the rows `rrows` (length `n`), one per lane: eight
+/// independent FMA chains, one load of `L` per eight FMAs, and one reduction per eight
+/// entries.
+#[inline(always)]
+unsafe fn dot8(lrow: *const f32, rrows: [*const f32; LANES], n: usize) -> f32x8 {
+    let mut acc = [f32x8::ZERO; LANES];
+    let mut j = 0;
+    while j + LANES <= n {
+        let lv = load(lrow.add(j));
+        for (a, rrow) in acc.iter_mut().zip(rrows) {
+            *a = lv.mul_add(load(rrow.add(j)), *a);
+        }
+        j += LANES;
+    }
+    let mut dots = reduce8(acc);
+    if j < n {
+        let tail: [f32; LANES] = std::array::from_fn(|g| {
+            (j..n).map(|jj| *lrow.add(jj) * *rrows[g].add(jj)).sum()
+        });
+        dots += f32x8::from(tail);
+    }
+    dots
+}
+
+/// Lane `g` of the result is the sum of the lanes of `acc[g]`.
+#[inline(always)]
+fn reduce8(acc: [f32x8; LANES]) -> f32x8 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
+    {
+        use std::arch::x86_64::{__m256, _mm256_add_ps, _mm256_hadd_ps, _mm256_permute2f128_ps};
+        // SAFETY: f32x8 is a 32-byte, 32-aligned wrapper of one __m256 on AVX builds.
+        unsafe {
+            let a: [__m256; LANES] = std::mem::transmute(acc);
+            let t0 = _mm256_hadd_ps(a[0], a[1]);
+            let t1 = _mm256_hadd_ps(a[2], a[3]);
+            let t2 = _mm256_hadd_ps(a[4], a[5]);
+            let t3 = _mm256_hadd_ps(a[6], a[7]);
+            let u0 = _mm256_hadd_ps(t0, t1); // [s0 s1 s2 s3 | s0' s1' s2' s3'] halves
+            let u1 = _mm256_hadd_ps(t2, t3);
+            let lo = _mm256_permute2f128_ps::<0x20>(u0, u1);
+            let hi = _mm256_permute2f128_ps::<0x31>(u0, u1);
+            std::mem::transmute::<__m256, f32x8>(_mm256_add_ps(lo, hi))
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx")))]
+    {
+        f32x8::transpose(acc).into_iter().fold(f32x8::ZERO, |s, v| s + v)
+    }
 }
 
 /// `G` dot products of `lrow` with the rows `rrows`, all of length `n`.
