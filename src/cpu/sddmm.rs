@@ -155,9 +155,8 @@ unsafe fn dot8(lrow: *const f32, rrows: [*const f32; LANES], n: usize) -> f32x8 
     }
     let mut dots = reduce8(acc);
     if j < n {
-        let tail: [f32; LANES] = std::array::from_fn(|g| {
-            (j..n).map(|jj| *lrow.add(jj) * *rrows[g].add(jj)).sum()
-        });
+        let tail: [f32; LANES] =
+            std::array::from_fn(|g| (j..n).map(|jj| *lrow.add(jj) * *rrows[g].add(jj)).sum());
         dots += f32x8::from(tail);
     }
     dots
@@ -185,7 +184,9 @@ fn reduce8(acc: [f32x8; LANES]) -> f32x8 {
     }
     #[cfg(not(all(target_arch = "x86_64", target_feature = "avx")))]
     {
-        f32x8::transpose(acc).into_iter().fold(f32x8::ZERO, |s, v| s + v)
+        f32x8::transpose(acc)
+            .into_iter()
+            .fold(f32x8::ZERO, |s, v| s + v)
     }
 }
 
