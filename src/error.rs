@@ -54,6 +54,18 @@ pub enum Error {
     /// The CUDA backend was asked for but cannot be used.
     #[error("CUDA unavailable: {0}")]
     Cuda(String),
+    /// A file that exists but holds something other than what it should (bad magic,
+    /// truncated, wrong dimensions, ...).
+    #[error("bad file {path}: {detail}")]
+    Format {
+        /// file involved
+        path: String,
+        /// what is wrong with it
+        detail: String,
+    },
+    /// Training diverged or was fed values it cannot use (a NaN loss, ...).
+    #[error("training failed: {0}")]
+    Training(String),
     /// An I/O failure, with the path involved.
     #[error("I/O error on {path}: {detail}")]
     Io {
@@ -65,6 +77,22 @@ pub enum Error {
 }
 
 impl Error {
+    /// An [`Error::Io`] for `path`.
+    pub fn io(path: impl AsRef<std::path::Path>, err: impl fmt::Display) -> Self {
+        Error::Io {
+            path: path.as_ref().display().to_string(),
+            detail: err.to_string(),
+        }
+    }
+
+    /// An [`Error::Format`] for `path`.
+    pub fn format(path: impl AsRef<std::path::Path>, detail: impl fmt::Display) -> Self {
+        Error::Format {
+            path: path.as_ref().display().to_string(),
+            detail: detail.to_string(),
+        }
+    }
+
     /// A [`Error::Shape`] for operation `op`.
     pub fn shape(op: &'static str, detail: impl fmt::Display) -> Self {
         Error::Shape {

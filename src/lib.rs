@@ -15,8 +15,11 @@
 
 pub mod bench;
 pub mod cpu;
+pub mod data;
 pub mod error;
 pub mod kernels;
+pub mod nn;
+pub mod optim;
 pub mod sparse;
 
 pub use cpu::{Accum, Par};

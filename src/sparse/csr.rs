@@ -233,6 +233,39 @@ impl CsrPattern {
         Ok(Csr::from_dense(dense, nrows, ncols)?.pattern().clone())
     }
 
+    /// Carries per-entry data from `self` to `new` (same shape): `out[q]` gets
+    /// `data[p]` where entry `q` of `new` is entry `p` of `self` (a survivor), and `fill`
+    /// where it is new. Rows are merged in one pass (both are sorted).
+    pub fn remap_to(&self, data: &[f32], new: &CsrPattern, out: &mut [f32], fill: f32) -> Result<()> {
+        if self.nrows != new.nrows || self.ncols != new.ncols {
+            return Err(Error::shape(
+                "remap",
+                format!(
+                    "patterns are {}×{} and {}×{}",
+                    self.nrows, self.ncols, new.nrows, new.ncols
+                ),
+            ));
+        }
+        check_len("remap data", self.nnz(), data.len())?;
+        check_len("remap output", new.nnz(), out.len())?;
+        for i in 0..self.nrows {
+            let (old_r, new_r) = (self.row_range(i), new.row_range(i));
+            let mut p = old_r.start;
+            for q in new_r {
+                let c = new.col_idx[q];
+                while p < old_r.end && self.col_idx[p] < c {
+                    p += 1;
+                }
+                out[q] = if p < old_r.end && self.col_idx[p] == c {
+                    data[p]
+                } else {
+                    fill
+                };
+            }
+        }
+        Ok(())
+    }
+
     /// A dense `nrows × ncols` 0/1 mask of the live entries.
     pub fn to_dense_mask(&self) -> Vec<f32> {
         let mut mask = vec![0.0; self.nrows * self.ncols];

@@ -1,0 +1,1 @@
+//! Datasets: IDX files, MNIST / Fashion-MNIST, batching (being written).

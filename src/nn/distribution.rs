@@ -1,0 +1,1 @@
+//! Layer sparsity distributions (being written).
