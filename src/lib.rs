@@ -13,6 +13,7 @@
 //! Activations are stored feature-major (`[features × batch]`, row-major), so every
 //! sparse kernel vectorises along the batch dimension `N`.
 
+pub mod autograd;
 pub mod bench;
 pub mod cpu;
 pub mod data;
@@ -21,6 +22,7 @@ pub mod kernels;
 pub mod nn;
 pub mod optim;
 pub mod sparse;
+pub mod train;
 
 pub use cpu::{Accum, Par};
 pub use error::{Error, Result};

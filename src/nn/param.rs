@@ -75,7 +75,12 @@ pub struct Param {
 
 impl Param {
     /// A parameter with the given values and a zero gradient.
-    pub fn new(name: impl Into<String>, shape: ParamShape, value: AlignedVec, decay: bool) -> Result<Self> {
+    pub fn new(
+        name: impl Into<String>,
+        shape: ParamShape,
+        value: AlignedVec,
+        decay: bool,
+    ) -> Result<Self> {
         check_len("parameter values", shape.len(), value.len())?;
         let grad = aligned_zeros(value.len());
         Ok(Param {
@@ -154,7 +159,10 @@ impl ParamStore {
     }
     /// All parameters in id order, mutably.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (ParamId, &mut Param)> {
-        self.params.iter_mut().enumerate().map(|(i, p)| (ParamId(i), p))
+        self.params
+            .iter_mut()
+            .enumerate()
+            .map(|(i, p)| (ParamId(i), p))
     }
     /// Sets every gradient to zero.
     pub fn zero_grad(&mut self) {

@@ -236,7 +236,13 @@ impl CsrPattern {
     /// Carries per-entry data from `self` to `new` (same shape): `out[q]` gets
     /// `data[p]` where entry `q` of `new` is entry `p` of `self` (a survivor), and `fill`
     /// where it is new. Rows are merged in one pass (both are sorted).
-    pub fn remap_to(&self, data: &[f32], new: &CsrPattern, out: &mut [f32], fill: f32) -> Result<()> {
+    pub fn remap_to(
+        &self,
+        data: &[f32],
+        new: &CsrPattern,
+        out: &mut [f32],
+        fill: f32,
+    ) -> Result<()> {
         if self.nrows != new.nrows || self.ncols != new.ncols {
             return Err(Error::shape(
                 "remap",

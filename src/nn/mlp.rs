@@ -1,0 +1,273 @@
+//! Multi-layer perceptrons whose weight layers are dense or sparse at a density given by
+//! a layer [`Distribution`], initialised for their live fan-in.
+
+use std::sync::Arc;
+
+use rand::RngExt;
+
+use crate::autograd::{Tape, Var};
+use crate::error::{Error, Result};
+use crate::nn::distribution::{layer_densities, layer_nnz, Distribution, LayerShape};
+use crate::nn::{Param, ParamId, ParamShape, ParamStore};
+use crate::sparse::{aligned_zeros, seed_rng, CsrPattern, SeedRng};
+
+/// The nonlinearity between layers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Activation {
+    /// `max(x, 0)`
+    Relu,
+    /// leaky ReLU with this negative slope
+    LeakyRelu(f32),
+    /// hyperbolic tangent
+    Tanh,
+    /// logistic function
+    Sigmoid,
+}
+
+impl Activation {
+    /// Parses `relu`, `leaky-relu` (slope 0.01), `leaky-relu:0.2`, `tanh`, `sigmoid`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "relu" => Ok(Activation::Relu),
+            "tanh" => Ok(Activation::Tanh),
+            "sigmoid" => Ok(Activation::Sigmoid),
+            "leaky-relu" => Ok(Activation::LeakyRelu(0.01)),
+            _ => match s.strip_prefix("leaky-relu:").map(str::parse::<f32>) {
+                Some(Ok(slope)) => Ok(Activation::LeakyRelu(slope)),
+                _ => Err(Error::arg(
+                    "activation",
+                    format!("unknown activation {s:?} (relu, leaky-relu[:slope], tanh, sigmoid)"),
+                )),
+            },
+        }
+    }
+
+    /// Gain of the uniform initialisation (He for ReLU-like, 5/3 for tanh, 1 for sigmoid).
+    fn gain(self) -> f32 {
+        match self {
+            Activation::Relu => 2f32.sqrt(),
+            Activation::LeakyRelu(a) => (2.0 / (1.0 + a * a)).sqrt(),
+            Activation::Tanh => 5.0 / 3.0,
+            Activation::Sigmoid => 1.0,
+        }
+    }
+
+    fn apply(self, tape: &mut Tape, x: Var) -> Result<Var> {
+        match self {
+            Activation::Relu => tape.relu(x),
+            Activation::LeakyRelu(a) => tape.leaky_relu(x, a),
+            Activation::Tanh => tape.tanh(x),
+            Activation::Sigmoid => tape.sigmoid(x),
+        }
+    }
+}
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct MlpConfig {
+    /// input features (784 for MNIST)
+    pub inputs: usize,
+    /// widths of the hidden layers
+    pub hidden: Vec<usize>,
+    /// output classes
+    pub classes: usize,
+    /// nonlinearity after every hidden layer
+    pub activation: Activation,
+    /// dropout probability after every hidden activation (0: none)
+    pub dropout: f32,
+    /// fraction of all weights that are not stored (0: dense model)
+    pub sparsity: f64,
+    /// how the sparsity is spread over the layers
+    pub distribution: Distribution,
+    /// seed of the patterns and the initial values
+    pub seed: u64,
+}
+
+impl MlpConfig {
+    /// A dense model of the given widths with ReLU.
+    pub fn new(inputs: usize, hidden: &[usize], classes: usize) -> Self {
+        MlpConfig {
+            inputs,
+            hidden: hidden.to_vec(),
+            classes,
+            activation: Activation::Relu,
+            dropout: 0.0,
+            sparsity: 0.0,
+            distribution: Distribution::Uniform { dense_first: false },
+            seed: 0,
+        }
+    }
+
+    /// Shapes of the weight layers, input to output.
+    pub fn layer_shapes(&self) -> Vec<LayerShape> {
+        let mut widths = vec![self.inputs];
+        widths.extend(&self.hidden);
+        widths.push(self.classes);
+        widths
+            .windows(2)
+            .map(|w| LayerShape {
+                fan_out: w[1],
+                fan_in: w[0],
+                kh: 1,
+                kw: 1,
+            })
+            .collect()
+    }
+}
+
+/// One weight layer of an [`Mlp`].
+#[derive(Clone, Debug)]
+pub struct Layer {
+    /// `[out × in]` weight, dense or sparse
+    pub weight: ParamId,
+    /// `[out]` bias
+    pub bias: ParamId,
+    /// inputs
+    pub fan_in: usize,
+    /// outputs
+    pub fan_out: usize,
+}
+
+/// A multi-layer perceptron: `(linear → bias → activation → dropout)*`, then a linear
+/// output layer producing logits. Activations are feature-major `[features × batch]`.
+pub struct Mlp {
+    /// all weights and biases
+    pub params: ParamStore,
+    /// weight layers, input to output
+    pub layers: Vec<Layer>,
+    /// what it was built from
+    pub config: MlpConfig,
+}
+
+impl Mlp {
+    /// Builds the model: each layer's density from the distribution, a random pattern
+    /// with exactly that many live weights (a layer at density 1 is stored dense), and
+    /// uniform initial values scaled for the live fan-in.
+    pub fn new(config: MlpConfig) -> Result<Self> {
+        if config.inputs == 0 || config.classes == 0 || config.hidden.contains(&0) {
+            return Err(Error::arg("model", "every layer needs at least one unit"));
+        }
+        if !(0.0..1.0).contains(&config.dropout) {
+            return Err(Error::arg(
+                "dropout",
+                format!("must lie in [0, 1), got {}", config.dropout),
+            ));
+        }
+        let shapes = config.layer_shapes();
+        let densities = layer_densities(config.distribution, &shapes, config.sparsity)?;
+        let nnz = layer_nnz(&densities, &shapes);
+        let mut rng = seed_rng(config.seed);
+        let mut params = ParamStore::new();
+        let mut layers = Vec::new();
+        let last = shapes.len() - 1;
+        for (l, (shape, &k)) in shapes.iter().zip(&nnz).enumerate() {
+            let (out, fan_in) = (shape.fan_out, shape.fan_in);
+            let size = out * fan_in;
+            let (wshape, live) = if k >= size {
+                (
+                    ParamShape::Dense {
+                        rows: out,
+                        cols: fan_in,
+                    },
+                    size,
+                )
+            } else {
+                let pattern = CsrPattern::random(out, fan_in, k, &mut rng)?;
+                (
+                    ParamShape::Sparse {
+                        pattern: Arc::new(pattern),
+                    },
+                    k,
+                )
+            };
+            let gain = if l == last {
+                1.0
+            } else {
+                config.activation.gain()
+            };
+            let fan_in_live = (live as f32 / out as f32).max(1.0);
+            let bound = gain * (3.0 / fan_in_live).sqrt();
+            let mut value = aligned_zeros(live);
+            for v in value.iter_mut() {
+                *v = rng.random_range(-bound..bound);
+            }
+            let weight = params.add(Param::new(
+                format!("fc{}.weight", l + 1),
+                wshape,
+                value,
+                true,
+            )?);
+            let bias = params.add(Param::new(
+                format!("fc{}.bias", l + 1),
+                ParamShape::Vector { len: out },
+                aligned_zeros(out),
+                false,
+            )?);
+            layers.push(Layer {
+                weight,
+                bias,
+                fan_in,
+                fan_out: out,
+            });
+        }
+        Ok(Mlp {
+            params,
+            layers,
+            config,
+        })
+    }
+
+    /// Records the forward pass of `x` (`[inputs × batch]`) on `tape` and returns the
+    /// logits (`[classes × batch]`). Dropout is active only when `train` is set.
+    pub fn forward(&self, tape: &mut Tape, x: Var, train: bool, rng: &mut SeedRng) -> Result<Var> {
+        let mut h = x;
+        let last = self.layers.len() - 1;
+        for (l, layer) in self.layers.iter().enumerate() {
+            h = tape.linear(&self.params, h, layer.weight)?;
+            h = tape.bias_add(&self.params, h, layer.bias)?;
+            if l < last {
+                h = self.config.activation.apply(tape, h)?;
+                if train && self.config.dropout > 0.0 {
+                    h = tape.dropout(h, self.config.dropout, rng)?;
+                }
+            }
+        }
+        Ok(h)
+    }
+
+    /// Live connections (stored weights, biases excluded).
+    pub fn live_weights(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| self.params.get(l.weight).live())
+            .sum()
+    }
+
+    /// Weights of the dense model of the same shape.
+    pub fn dense_weights(&self) -> usize {
+        self.layers.iter().map(|l| l.fan_in * l.fan_out).sum()
+    }
+
+    /// Floating-point operations of one training step per sample: for each layer
+    /// 2·live forward, 2·live for the weight gradient and, except the first layer, 2·live
+    /// for the input gradient (biases and activations are negligible and not counted).
+    pub fn train_flops_per_sample(&self) -> f64 {
+        self.layers
+            .iter()
+            .enumerate()
+            .map(|(l, layer)| {
+                let live = self.params.get(layer.weight).live() as f64;
+                if l == 0 {
+                    4.0 * live
+                } else {
+                    6.0 * live
+                }
+            })
+            .sum()
+    }
+
+    /// Floating-point operations of one forward pass per sample.
+    pub fn forward_flops_per_sample(&self) -> f64 {
+        2.0 * self.live_weights() as f64
+    }
+}

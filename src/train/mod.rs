@@ -1,0 +1,319 @@
+//! The training loop: minibatches, forward, backward, optimizer step, learning-rate
+//! schedule, evaluation, and one report per epoch (also as JSON lines).
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::autograd::{argmax_cols, Tape};
+use crate::cpu::Par;
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::nn::Mlp;
+use crate::optim::{Optimizer, OptimizerConfig};
+use crate::sparse::seed_rng;
+
+/// How the learning rate moves over training.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Schedule {
+    /// the base rate throughout
+    Constant,
+    /// cosine decay from the base rate to zero over all steps, after a linear warm-up of
+    /// `warmup_epochs`
+    Cosine {
+        /// epochs of linear warm-up
+        warmup_epochs: usize,
+    },
+    /// multiply by `gamma` every `every` epochs
+    Step {
+        /// epochs between decays
+        every: usize,
+        /// factor
+        gamma: f32,
+    },
+}
+
+impl Schedule {
+    /// Parses `constant`, `cosine`, `cosine:WARMUP`, `step:EVERY:GAMMA`.
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::arg(
+                "schedule",
+                format!("unknown schedule {s:?} (constant, cosine[:warmup], step:every:gamma)"),
+            )
+        };
+        let parts: Vec<&str> = s.split(':').collect();
+        match parts.as_slice() {
+            ["constant"] => Ok(Schedule::Constant),
+            ["cosine"] => Ok(Schedule::Cosine { warmup_epochs: 0 }),
+            ["cosine", w] => Ok(Schedule::Cosine {
+                warmup_epochs: w.parse().map_err(|_| bad())?,
+            }),
+            ["step", e, g] => Ok(Schedule::Step {
+                every: e.parse().map_err(|_| bad())?,
+                gamma: g.parse().map_err(|_| bad())?,
+            }),
+            _ => Err(bad()),
+        }
+    }
+
+    /// The rate at `step` of `total` steps (`steps_per_epoch` per epoch).
+    pub fn lr(&self, base: f32, step: usize, total: usize, steps_per_epoch: usize) -> f32 {
+        match *self {
+            Schedule::Constant => base,
+            Schedule::Cosine { warmup_epochs } => {
+                let warm = warmup_epochs * steps_per_epoch;
+                if step < warm {
+                    base * (step + 1) as f32 / warm as f32
+                } else {
+                    let t = (step - warm) as f32 / (total - warm).max(1) as f32;
+                    base * 0.5 * (1.0 + (std::f32::consts::PI * t).cos())
+                }
+            }
+            Schedule::Step { every, gamma } => {
+                base * gamma.powi((step / steps_per_epoch.max(1) / every.max(1)) as i32)
+            }
+        }
+    }
+}
+
+/// Settings of a training run.
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    /// passes over the training set
+    pub epochs: usize,
+    /// samples per step
+    pub batch_size: usize,
+    /// base learning rate
+    pub lr: f32,
+    /// learning-rate schedule
+    pub schedule: Schedule,
+    /// optimizer and its hyper-parameters
+    pub optimizer: OptimizerConfig,
+    /// seed of the shuffling and dropout
+    pub seed: u64,
+    /// stop after this many steps in all (for quick checks)
+    pub max_steps: Option<usize>,
+    /// show a progress bar during each epoch
+    pub progress: bool,
+    /// kernel parallelism
+    pub par: Par,
+}
+
+/// What one epoch did.
+#[derive(Clone, Debug, Serialize)]
+pub struct EpochReport {
+    /// 1-based epoch
+    pub epoch: usize,
+    /// learning rate at the end of the epoch
+    pub lr: f32,
+    /// mean training loss over the epoch's steps
+    pub loss: f64,
+    /// accuracy on the training batches as they were trained (dropout on)
+    pub train_acc: f64,
+    /// accuracy on the test set after the epoch
+    pub test_acc: f64,
+    /// mean loss on the test set
+    pub test_loss: f64,
+    /// wall time of the epoch's training steps, seconds (evaluation excluded)
+    pub epoch_s: f64,
+    /// live weights (connections) at the end of the epoch
+    pub live_weights: usize,
+    /// weights of the dense model of the same shape
+    pub dense_weights: usize,
+    /// training FLOPs of the epoch (forward and backward of every step)
+    pub train_flops: f64,
+    /// steps taken in the epoch
+    pub steps: usize,
+}
+
+/// Mean loss and accuracy of `model` on `data`.
+pub fn evaluate(
+    model: &Mlp,
+    data: &Dataset,
+    batch_size: usize,
+    tape: &mut Tape,
+) -> Result<(f64, f64)> {
+    let mut x = vec![0.0f32; data.dim * batch_size];
+    let mut labels = vec![0u32; batch_size];
+    let order: Vec<u32> = (0..data.n as u32).collect();
+    let (mut loss_sum, mut correct) = (0.0f64, 0usize);
+    let mut rng = seed_rng(0);
+    for chunk in order.chunks(batch_size.max(1)) {
+        let b = chunk.len();
+        data.fill_batch(chunk, &mut x[..data.dim * b], &mut labels[..b])?;
+        tape.reset();
+        let xv = tape.input(&x[..data.dim * b], data.dim, b, false)?;
+        let logits = model.forward(tape, xv, false, &mut rng)?;
+        let loss = tape.softmax_cross_entropy(logits, &labels[..b])?;
+        loss_sum += tape.value(loss)[0] as f64 * b as f64;
+        let (c, _) = tape.dims(logits);
+        let pred = argmax_cols(tape.value(logits), c, b);
+        correct += pred
+            .iter()
+            .zip(&labels[..b])
+            .filter(|(p, l)| p == l)
+            .count();
+    }
+    let n = data.n.max(1) as f64;
+    Ok((loss_sum / n, correct as f64 / n))
+}
+
+/// Trains `model` on `train`, evaluating on `test` after each epoch; `on_epoch` sees each
+/// report as it is made (to print or log it) and may stop the run with an error.
+pub fn train(
+    model: &mut Mlp,
+    train: &Dataset,
+    test: &Dataset,
+    cfg: &TrainConfig,
+    mut on_epoch: impl FnMut(&EpochReport) -> Result<()>,
+) -> Result<Vec<EpochReport>> {
+    if cfg.batch_size == 0 {
+        return Err(Error::arg("batch_size", "must be at least 1"));
+    }
+    if train.dim != model.config.inputs {
+        return Err(Error::shape(
+            "train",
+            format!(
+                "the data has {} features but the model takes {}",
+                train.dim, model.config.inputs
+            ),
+        ));
+    }
+    let mut opt = Optimizer::new(cfg.optimizer.clone(), &model.params)?;
+    let mut tape = Tape::new(cfg.par);
+    let mut rng = seed_rng(cfg.seed ^ 0x5eed);
+    let steps_per_epoch = train.n.div_ceil(cfg.batch_size);
+    let total = cfg
+        .max_steps
+        .unwrap_or(usize::MAX)
+        .min(steps_per_epoch * cfg.epochs);
+    let mut x = vec![0.0f32; train.dim * cfg.batch_size];
+    let mut labels = vec![0u32; cfg.batch_size];
+    let mut reports = Vec::new();
+    let mut step = 0usize;
+    for epoch in 0..cfg.epochs {
+        if step >= total {
+            break;
+        }
+        let order = train.epoch_order(cfg.seed, epoch);
+        let bar = progress_bar(
+            cfg.progress,
+            steps_per_epoch.min(total - step),
+            epoch + 1,
+            cfg.epochs,
+        );
+        let start = Instant::now();
+        let (mut loss_sum, mut correct, mut seen, mut flops, mut steps) =
+            (0.0f64, 0usize, 0usize, 0.0f64, 0usize);
+        let mut lr = cfg.lr;
+        for chunk in order.chunks(cfg.batch_size) {
+            if step >= total {
+                break;
+            }
+            let b = chunk.len();
+            train.fill_batch(chunk, &mut x[..train.dim * b], &mut labels[..b])?;
+            tape.reset();
+            let xv = tape.input(&x[..train.dim * b], train.dim, b, false)?;
+            let logits = model.forward(&mut tape, xv, true, &mut rng)?;
+            let loss = tape.softmax_cross_entropy(logits, &labels[..b])?;
+            let lv = tape.value(loss)[0];
+            if !lv.is_finite() {
+                return Err(Error::Training(format!(
+                    "the loss became {lv} at epoch {}, step {step} (learning rate {lr}); try a lower --lr",
+                    epoch + 1
+                )));
+            }
+            let (c, _) = tape.dims(logits);
+            let pred = argmax_cols(tape.value(logits), c, b);
+            correct += pred
+                .iter()
+                .zip(&labels[..b])
+                .filter(|(p, l)| p == l)
+                .count();
+            model.params.zero_grad();
+            tape.backward(loss, &mut model.params)?;
+            lr = cfg.schedule.lr(cfg.lr, step, total, steps_per_epoch);
+            opt.step(&mut model.params, lr)?;
+            loss_sum += lv as f64 * b as f64;
+            seen += b;
+            flops += model.train_flops_per_sample() * b as f64;
+            steps += 1;
+            step += 1;
+            if let Some(bar) = &bar {
+                bar.inc(1);
+            }
+        }
+        let epoch_s = start.elapsed().as_secs_f64();
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        let (test_loss, test_acc) = evaluate(model, test, cfg.batch_size.max(256), &mut tape)?;
+        let report = EpochReport {
+            epoch: epoch + 1,
+            lr,
+            loss: loss_sum / seen.max(1) as f64,
+            train_acc: correct as f64 / seen.max(1) as f64,
+            test_acc,
+            test_loss,
+            epoch_s,
+            live_weights: model.live_weights(),
+            dense_weights: model.dense_weights(),
+            train_flops: flops,
+            steps,
+        };
+        on_epoch(&report)?;
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+fn progress_bar(
+    show: bool,
+    len: usize,
+    epoch: usize,
+    epochs: usize,
+) -> Option<indicatif::ProgressBar> {
+    if !show {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(len as u64);
+    let style = indicatif::ProgressStyle::with_template(
+        "epoch {msg} [{bar:40}] {pos}/{len} steps, {elapsed} < {eta}",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_message(format!("{epoch}/{epochs}"));
+    Some(bar)
+}
+
+/// Appends JSON lines to a log file; each line is written whole and flushed, so a run
+/// that stops leaves every finished epoch on disk.
+pub struct JsonlLog {
+    file: std::fs::File,
+    path: String,
+}
+
+impl JsonlLog {
+    /// Creates (truncates) the log at `path`.
+    pub fn create(path: &Path) -> Result<Self> {
+        let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+        Ok(JsonlLog {
+            file,
+            path: path.display().to_string(),
+        })
+    }
+
+    /// Writes one record as a line.
+    pub fn write<T: Serialize>(&mut self, record: &T) -> Result<()> {
+        let mut line = serde_json::to_string(record).map_err(|e| Error::io(&self.path, e))?;
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|_| self.file.flush())
+            .map_err(|e| Error::io(&self.path, e))
+    }
+}
