@@ -89,11 +89,6 @@ impl Pool {
             .and_then(Vec::pop)
             .unwrap_or_else(|| aligned_zeros(len))
     }
-    fn zeroed(&mut self, len: usize) -> AlignedVec {
-        let mut b = self.take(len);
-        b.fill(0.0);
-        b
-    }
     fn give(&mut self, buf: AlignedVec) {
         self.free.entry(buf.len()).or_default().push(buf);
     }
@@ -277,15 +272,13 @@ impl Tape {
         Ok(self.push(rows, n, z, Op::BiasAdd { x, b }, true))
     }
 
-    fn unary(&mut self, x: Var, op: Op, f: impl Fn(f32) -> f32) -> Result<Var> {
+    fn unary(&mut self, x: Var, op: Op, f: impl Fn(f32) -> f32 + Sync + Send) -> Result<Var> {
         let (rows, cols, rg) = {
             let node = self.check_var(x)?;
             (node.rows, node.cols, node.requires_grad)
         };
         let mut z = self.pool.take(rows * cols);
-        for (o, &v) in z.iter_mut().zip(self.nodes[x.0].value.iter()) {
-            *o = f(v);
-        }
+        zip_map(self.par, &mut z, &self.nodes[x.0].value, |_, v| f(v));
         Ok(self.push(rows, cols, z, op, rg))
     }
 
@@ -413,36 +406,64 @@ impl Tape {
         seed[0] = 1.0;
         self.nodes[loss.0].grad = Some(seed);
         for i in (0..=loss.0).rev() {
+            if matches!(self.nodes[i].op, Op::Input) {
+                continue; // an input keeps its gradient, if it asked for one
+            }
             let Some(g) = self.nodes[i].grad.take() else {
                 continue;
             };
-            self.backward_node(i, &g, params)?;
-            if matches!(self.nodes[i].op, Op::Input) && self.nodes[i].requires_grad {
-                self.nodes[i].grad = Some(g); // the caller asked for it
-            } else {
-                self.pool.give(g);
+            if let Some(spent) = self.backward_node(i, g, params)? {
+                self.pool.give(spent);
             }
         }
         Ok(())
     }
 
-    /// The gradient buffer of input node `x` (zeroed on first use), taken out of the tape
-    /// while the caller adds to it; `None` where `x` needs no gradient.
-    fn take_grad(&mut self, x: Var) -> Option<AlignedVec> {
+    /// Adds `contribution` to the gradient of `x`. The buffer moves into `x` when `x` has
+    /// no gradient yet (no copy, no zeroing); otherwise it is added and handed back.
+    fn contribute(&mut self, x: Var, contribution: AlignedVec) -> Option<AlignedVec> {
+        let node = &mut self.nodes[x.0];
+        if !node.requires_grad {
+            return Some(contribution);
+        }
+        match node.grad.as_mut() {
+            None => {
+                node.grad = Some(contribution);
+                None
+            }
+            Some(existing) => {
+                zip_map(self.par, existing, &contribution, |a, b| a + b);
+                Some(contribution)
+            }
+        }
+    }
+
+    /// The gradient buffer of `x` to be written by a kernel, with the mode to write it in
+    /// (`Replace` for a fresh, unzeroed buffer); `None` where `x` needs no gradient.
+    fn grad_target(&mut self, x: Var) -> Option<(AlignedVec, Accum)> {
         let node = &mut self.nodes[x.0];
         if !node.requires_grad {
             return None;
         }
         let len = node.rows * node.cols;
-        let pool = &mut self.pool;
-        Some(node.grad.take().unwrap_or_else(|| pool.zeroed(len)))
+        Some(match node.grad.take() {
+            Some(g) => (g, Accum::Add(1.0)),
+            None => (self.pool.take(len), Accum::Replace),
+        })
     }
 
-    fn backward_node(&mut self, i: usize, g: &[f32], params: &mut ParamStore) -> Result<()> {
+    /// Back-propagates through node `i`, whose gradient is `g`; returns a buffer that is
+    /// free again.
+    fn backward_node(
+        &mut self,
+        i: usize,
+        mut g: AlignedVec,
+        params: &mut ParamStore,
+    ) -> Result<Option<AlignedVec>> {
         let par = self.par;
         let n = self.nodes[i].cols;
         match self.nodes[i].op {
-            Op::Input => {}
+            Op::Input => Ok(Some(g)),
             Op::SparseLinear { x, w } => {
                 let p = params.get_mut(w);
                 let pattern = p
@@ -451,20 +472,21 @@ impl Tape {
                     .expect("SparseLinear records sparse weights");
                 let xv = &self.nodes[x.0].value;
                 // dW on live connections only: dW[i,j] = ⟨dZ[i,:], X[j,:]⟩.
-                sddmm(&mut p.grad, &pattern, g, xv, n, 1.0, Accum::Add(1.0), par)?;
-                if let Some(mut dx) = self.take_grad(x) {
+                sddmm(&mut p.grad, &pattern, &g, xv, n, 1.0, Accum::Add(1.0), par)?;
+                if let Some((mut dx, mode)) = self.grad_target(x) {
                     spmm_t(
                         &mut dx,
                         &pattern,
                         &params.get(w).value,
-                        g,
+                        &g,
                         n,
                         1.0,
-                        Accum::Add(1.0),
+                        mode,
                         par,
                     )?;
                     self.nodes[x.0].grad = Some(dx);
                 }
+                Ok(Some(g))
             }
             Op::DenseLinear { x, w } => {
                 let p = params.get_mut(w);
@@ -473,7 +495,7 @@ impl Tape {
                 // dW = dZ · Xᵀ
                 gemm_ex(
                     &mut p.grad,
-                    g,
+                    &g,
                     Trans::No,
                     xv,
                     Trans::Yes,
@@ -484,23 +506,24 @@ impl Tape {
                     Accum::Add(1.0),
                     par,
                 )?;
-                if let Some(mut dx) = self.take_grad(x) {
+                if let Some((mut dx, mode)) = self.grad_target(x) {
                     // dX = Wᵀ · dZ
                     gemm_ex(
                         &mut dx,
                         &params.get(w).value,
                         Trans::Yes,
-                        g,
+                        &g,
                         Trans::No,
                         fan_in,
                         out,
                         n,
                         1.0,
-                        Accum::Add(1.0),
+                        mode,
                         par,
                     )?;
                     self.nodes[x.0].grad = Some(dx);
                 }
+                Ok(Some(g))
             }
             Op::BiasAdd { x, b } => {
                 let p = params.get_mut(b);
@@ -508,28 +531,47 @@ impl Tape {
                 for r in 0..rows {
                     p.grad[r] += g[r * n..(r + 1) * n].iter().sum::<f32>();
                 }
-                if let Some(mut dx) = self.take_grad(x) {
-                    add_into(&mut dx, g);
-                    self.nodes[x.0].grad = Some(dx);
-                }
+                Ok(self.contribute(x, g))
             }
-            Op::Relu(x) => self.elementwise_back(i, x, g, |_, y| if y > 0.0 { 1.0 } else { 0.0 }),
-            Op::LeakyRelu(x, slope) => {
-                self.elementwise_back(i, x, g, |xv, _| if xv > 0.0 { 1.0 } else { slope })
-            }
-            Op::Tanh(x) => self.elementwise_back(i, x, g, |_, y| 1.0 - y * y),
-            Op::Sigmoid(x) => self.elementwise_back(i, x, g, |_, y| y * (1.0 - y)),
-            Op::Dropout(x) => {
-                if let Some(mut dx) = self.take_grad(x) {
-                    let mask = self.nodes[i].aux.as_ref().expect("dropout keeps its mask");
-                    for ((d, &gv), &m) in dx.iter_mut().zip(g).zip(mask.iter()) {
-                        *d += gv * m;
+            Op::Relu(x) => {
+                zip_map(par, &mut g, &self.nodes[i].value, |gv, y| {
+                    if y > 0.0 {
+                        gv
+                    } else {
+                        0.0
                     }
-                    self.nodes[x.0].grad = Some(dx);
-                }
+                });
+                Ok(self.contribute(x, g))
+            }
+            Op::LeakyRelu(x, slope) => {
+                zip_map(par, &mut g, &self.nodes[x.0].value, |gv, a| {
+                    if a > 0.0 {
+                        gv
+                    } else {
+                        slope * gv
+                    }
+                });
+                Ok(self.contribute(x, g))
+            }
+            Op::Tanh(x) => {
+                zip_map(par, &mut g, &self.nodes[i].value, |gv, y| {
+                    gv * (1.0 - y * y)
+                });
+                Ok(self.contribute(x, g))
+            }
+            Op::Sigmoid(x) => {
+                zip_map(par, &mut g, &self.nodes[i].value, |gv, y| {
+                    gv * y * (1.0 - y)
+                });
+                Ok(self.contribute(x, g))
+            }
+            Op::Dropout(x) => {
+                let mask = self.nodes[i].aux.as_ref().expect("dropout keeps its mask");
+                zip_map(par, &mut g, mask, |gv, m| gv * m);
+                Ok(self.contribute(x, g))
             }
             Op::SoftmaxCrossEntropy(logits) => {
-                if let Some(mut dx) = self.take_grad(logits) {
+                if let Some((mut dx, mode)) = self.grad_target(logits) {
                     let node = &self.nodes[i];
                     let probs = node.aux.as_ref().expect("softmax keeps its probabilities");
                     let (c, n) = (self.nodes[logits.0].rows, self.nodes[logits.0].cols);
@@ -541,31 +583,41 @@ impl Tape {
                             } else {
                                 0.0
                             };
-                            dx[r * n + j] += (probs[r * n + j] - target) * scale;
+                            let d = (probs[r * n + j] - target) * scale;
+                            let k = r * n + j;
+                            dx[k] = match mode {
+                                Accum::Replace => d,
+                                Accum::Add(_) => dx[k] + d,
+                            };
                         }
                     }
                     self.nodes[logits.0].grad = Some(dx);
                 }
+                Ok(Some(g))
             }
-        }
-        Ok(())
-    }
-
-    /// `dx += g · f'(x, y)` for an elementwise node `y = f(x)`.
-    fn elementwise_back(&mut self, i: usize, x: Var, g: &[f32], deriv: impl Fn(f32, f32) -> f32) {
-        if let Some(mut dx) = self.take_grad(x) {
-            let (xv, yv) = (&self.nodes[x.0].value, &self.nodes[i].value);
-            for (((d, &gv), &a), &y) in dx.iter_mut().zip(g).zip(xv.iter()).zip(yv.iter()) {
-                *d += gv * deriv(a, y);
-            }
-            self.nodes[x.0].grad = Some(dx);
         }
     }
 }
 
-fn add_into(dst: &mut [f32], src: &[f32]) {
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d += s;
+/// Buffers at least this long are split over rayon threads by [`zip_map`].
+const PAR_ELEMENTWISE: usize = 1 << 15;
+
+/// `a[k] = f(a[k], b[k])` for every `k`, over threads for long buffers.
+fn zip_map(par: Par, a: &mut [f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) {
+    let run = |a: &mut [f32], b: &[f32]| {
+        for (x, &y) in a.iter_mut().zip(b) {
+            *x = f(*x, y);
+        }
+    };
+    match par {
+        Par::Rayon(t) if t > 1 && a.len() >= PAR_ELEMENTWISE => {
+            use rayon::prelude::*;
+            let chunk = a.len().div_ceil(t * 2).max(4096);
+            a.par_chunks_mut(chunk)
+                .zip(b.par_chunks(chunk))
+                .for_each(|(a, b)| run(a, b));
+        }
+        _ => run(a, b),
     }
 }
 
