@@ -13,6 +13,11 @@
 //! Activations are stored feature-major (`[features × batch]`, row-major), so every
 //! sparse kernel vectorises along the batch dimension `N`.
 
+// The README's Rust examples are compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub mod autograd;
 pub mod bench;
 pub mod cpu;

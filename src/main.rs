@@ -269,10 +269,7 @@ fn run_train(args: TrainArgs) -> rewire::Result<()> {
         }
     };
     let (train_set, test_set) = if args.dataset == "synthetic" {
-        (
-            Dataset::synthetic(10_000, 784, 10, args.seed),
-            Dataset::synthetic(2_000, 784, 10, args.seed + 1),
-        )
+        Dataset::synthetic(12_000, 784, 10, args.seed).split(10_000)
     } else {
         let name = DatasetName::parse(&args.dataset)?;
         let splits = data::load(name, &args.data_dir)?;

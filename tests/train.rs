@@ -10,14 +10,7 @@ use rewire::train::{train, Schedule, TrainConfig};
 
 /// 3000 training and 1000 test samples from the same class centres.
 fn data() -> (Dataset, Dataset) {
-    let all = Dataset::synthetic(4000, 64, 10, 1);
-    let test = Dataset {
-        n: 1000,
-        images: all.images[3000 * 64..].to_vec(),
-        labels: all.labels[3000..].to_vec(),
-        ..all.clone()
-    };
-    (all.subset(3000), test)
+    Dataset::synthetic(4000, 64, 10, 1).split(3000)
 }
 
 fn cfg(epochs: usize, lr: f32) -> TrainConfig {

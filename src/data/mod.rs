@@ -377,6 +377,20 @@ impl Dataset {
         }
     }
 
+    /// Splits into the first `n` samples and the rest (a held-out set drawn from the
+    /// same distribution, e.g. from [`Dataset::synthetic`]).
+    pub fn split(&self, n: usize) -> (Dataset, Dataset) {
+        let n = n.min(self.n);
+        let rest = Dataset {
+            n: self.n - n,
+            dim: self.dim,
+            classes: self.classes,
+            images: self.images[n * self.dim..].to_vec(),
+            labels: self.labels[n..].to_vec(),
+        };
+        (self.subset(n), rest)
+    }
+
     /// The first `n` samples (all of them if there are fewer), for quick runs.
     pub fn subset(&self, n: usize) -> Dataset {
         let n = n.min(self.n).min(self.labels.len());

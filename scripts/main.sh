@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The main job: dense vs static sparse MLP (784-1000-1000-1000-10) on Fashion-MNIST,
+# same seed, same schedule, one after the other, with a summary at the end.
+# Fetches the dataset first when it is absent (scripts/fetch-data.sh), saying so.
+#
+#   scripts/main.sh                 # 20 epochs, static sparse at 90% and 98%
+#   EPOCHS=5 SPARSITIES="0.95" scripts/main.sh
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+EPOCHS="${EPOCHS:-20}"
+SPARSITIES="${SPARSITIES:-0.9 0.98}"
+DATASET="${DATASET:-fashion-mnist}"
+OUT="${OUT:-out}"
+COMMON=(--dataset "$DATASET" --model mlp:1000,1000,1000 --epochs "$EPOCHS" --batch-size 128
+        --optimizer sgd --momentum 0.9 --lr 0.05 --weight-decay 5e-4 --schedule cosine --seed 0)
+
+if ! ls data/"$DATASET"/train-images-idx3-ubyte* >/dev/null 2>&1 &&
+   ! { [ "$DATASET" = fashion-mnist ] && ls /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte* >/dev/null 2>&1; }; then
+    echo "== $DATASET not found under data/: fetching it with scripts/fetch-data.sh"
+    scripts/fetch-data.sh
+fi
+
+echo "== building (release)"
+cargo build --release --quiet
+mkdir -p "$OUT"
+echo "== dense baseline"
+target/release/rewire train "${COMMON[@]}" --method dense --log "$OUT/dense.jsonl"
+for s in $SPARSITIES; do
+    echo "== static sparse at $s"
+    target/release/rewire train "${COMMON[@]}" --method static --sparsity "$s" --log "$OUT/static-$s.jsonl"
+done
+
+echo "== summary (last epoch of each run; epoch time is the mean over epochs)"
+python3 - "$OUT" <<'PY' || echo "(python3 not found: see $OUT/*.jsonl)"
+import glob, json, sys
+rows = []
+for path in sorted(glob.glob(sys.argv[1] + "/*.jsonl")):
+    lines = [json.loads(l) for l in open(path) if l.strip()]
+    if not lines:
+        continue
+    last = lines[-1]
+    r = last["report"]
+    t = sum(l["report"]["epoch_s"] for l in lines) / len(lines)
+    rows.append((last["method"], last["sparsity"], r["test_acc"], t, r["live_weights"], r["train_flops"]))
+dense_t = next((t for m, s, a, t, *_ in rows if m == "dense"), None)
+print(f"{'method':<8} {'sparsity':>8} {'test acc':>9} {'epoch s':>8} {'vs dense':>9} {'live weights':>13} {'train FLOPs/epoch':>18}")
+for m, s, a, t, live, fl in rows:
+    ratio = f"{dense_t / t:.2f}x" if dense_t else "-"
+    print(f"{m:<8} {s:>8.3f} {100*a:>8.2f}% {t:>8.2f} {ratio:>9} {live:>13} {fl:>18.3e}")
+PY
