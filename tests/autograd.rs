@@ -294,3 +294,66 @@ fn sparse_weight_gradient_is_values_length() {
     assert_eq!(params.get(w).grad.len(), 600);
     assert!(params.get(w).grad.iter().any(|&g| g != 0.0));
 }
+
+fn fused(act: rewire::autograd::Act, seed: u64) {
+    let mut rng = seed_rng(seed);
+    let mut params = ParamStore::new();
+    let w1 = params.add(sparse_param(HID, IN, 20, &mut rng));
+    let b1 = params.add(bias_param(HID, &mut rng));
+    let w2 = params.add(dense_param(CLASSES, HID, &mut rng));
+    let b2 = params.add(bias_param(CLASSES, &mut rng));
+    let x = input(IN, &mut rng);
+    check(
+        &move |t, p, x| {
+            let z = t.linear(p, x, w1)?;
+            let h = t.bias_act(p, z, b1, act)?;
+            let z = t.linear(p, h, w2)?;
+            t.bias_act(p, z, b2, rewire::autograd::Act::Identity)
+        },
+        params,
+        x,
+        IN,
+    );
+}
+
+#[test]
+fn fused_bias_activation_gradients() {
+    use rewire::autograd::Act;
+    for (k, act) in [
+        Act::Relu,
+        Act::LeakyRelu(0.1),
+        Act::Tanh,
+        Act::Sigmoid,
+        Act::Identity,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        fused(act, 20 + k as u64);
+    }
+}
+
+#[test]
+fn fused_bias_activation_matches_separate_ops() {
+    let mut rng = seed_rng(30);
+    let mut params = ParamStore::new();
+    let w = params.add(sparse_param(HID, IN, 20, &mut rng));
+    let b = params.add(bias_param(HID, &mut rng));
+    let x = input(IN, &mut rng);
+    let mut t1 = Tape::new(Par::Seq);
+    let xv = t1.input(&x, IN, BATCH, false).unwrap();
+    let z1 = t1.linear(&params, xv, w).unwrap();
+    let fused = t1
+        .bias_act(&params, z1, b, rewire::autograd::Act::Tanh)
+        .unwrap();
+    let mut t2 = Tape::new(Par::Seq);
+    let xv = t2.input(&x, IN, BATCH, false).unwrap();
+    let z = t2.linear(&params, xv, w).unwrap();
+    let z = t2.bias_add(&params, z, b).unwrap();
+    let sep = t2.tanh(z).unwrap();
+    assert_eq!(t1.value(fused), t2.value(sep));
+    let err = t1
+        .bias_act(&params, z1, b, rewire::autograd::Act::LeakyRelu(-0.5))
+        .unwrap_err();
+    assert!(err.to_string().contains("slope"), "{err}");
+}

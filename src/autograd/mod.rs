@@ -23,6 +23,64 @@ use crate::sparse::{aligned_zeros, AlignedVec, SeedRng};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Var(usize);
 
+/// An elementwise nonlinearity that can be fused with a bias add ([`Tape::bias_act`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Act {
+    /// no nonlinearity
+    Identity,
+    /// `max(x, 0)`
+    Relu,
+    /// `x` where positive, `slope·x` elsewhere (`slope ≥ 0`)
+    LeakyRelu(f32),
+    /// `tanh(x)`
+    Tanh,
+    /// `1 / (1 + e^−x)`
+    Sigmoid,
+}
+
+impl Act {
+    #[inline(always)]
+    fn f(self, x: f32) -> f32 {
+        match self {
+            Act::Identity => x,
+            Act::Relu => x.max(0.0),
+            Act::LeakyRelu(a) => {
+                if x > 0.0 {
+                    x
+                } else {
+                    a * x
+                }
+            }
+            Act::Tanh => x.tanh(),
+            Act::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        }
+    }
+
+    /// The derivative at the input whose output is `y`.
+    #[inline(always)]
+    fn deriv_from_output(self, y: f32) -> f32 {
+        match self {
+            Act::Identity => 1.0,
+            Act::Relu => {
+                if y > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            Act::LeakyRelu(a) => {
+                if y > 0.0 {
+                    1.0
+                } else {
+                    a
+                }
+            }
+            Act::Tanh => 1.0 - y * y,
+            Act::Sigmoid => y * (1.0 - y),
+        }
+    }
+}
+
 /// The operation that produced a node.
 #[derive(Debug)]
 pub enum Op {
@@ -48,6 +106,15 @@ pub enum Op {
         x: Var,
         /// bias `[features]`
         b: ParamId,
+    },
+    /// `act(x + b)`, bias add and nonlinearity in one pass each way
+    BiasAct {
+        /// input `[features × batch]`
+        x: Var,
+        /// bias `[features]`
+        b: ParamId,
+        /// the nonlinearity
+        act: Act,
     },
     /// `max(x, 0)`
     Relu(Var),
@@ -270,6 +337,53 @@ impl Tape {
             }
         }
         Ok(self.push(rows, n, z, Op::BiasAdd { x, b }, true))
+    }
+
+    /// `act(x + b)`: a bias add and a nonlinearity fused into one pass (and one pass
+    /// back), the same values and gradients as [`Tape::bias_add`] followed by the
+    /// activation.
+    pub fn bias_act(&mut self, params: &ParamStore, x: Var, b: ParamId, act: Act) -> Result<Var> {
+        if let Act::LeakyRelu(a) = act {
+            if a.is_nan() || a < 0.0 {
+                return Err(Error::arg(
+                    "leaky_relu",
+                    format!("a fused slope must be ≥ 0, got {a}"),
+                ));
+            }
+        }
+        let (rows, n) = {
+            let node = self.check_var(x)?;
+            (node.rows, node.cols)
+        };
+        let p = params.get(b);
+        check_len("bias", rows, p.value.len())?;
+        let mut z = self.pool.take(rows * n);
+        let xv = &self.nodes[x.0].value;
+        // One monomorphised loop per activation, so each vectorises.
+        fn run(
+            par: Par,
+            z: &mut [f32],
+            xv: &[f32],
+            bias: &[f32],
+            n: usize,
+            f: impl Fn(f32) -> f32 + Sync + Send,
+        ) {
+            for_rows(par, z, n, |i, zrow| {
+                let bi = bias[i];
+                for (o, &v) in zrow.iter_mut().zip(&xv[i * n..(i + 1) * n]) {
+                    *o = f(v + bi);
+                }
+            });
+        }
+        let (par, bias) = (self.par, &p.value[..]);
+        match act {
+            Act::Identity => run(par, &mut z, xv, bias, n, |v| v),
+            Act::Relu => run(par, &mut z, xv, bias, n, |v| v.max(0.0)),
+            Act::LeakyRelu(_) => run(par, &mut z, xv, bias, n, |v| act.f(v)),
+            Act::Tanh => run(par, &mut z, xv, bias, n, f32::tanh),
+            Act::Sigmoid => run(par, &mut z, xv, bias, n, |v| act.f(v)),
+        }
+        Ok(self.push(rows, n, z, Op::BiasAct { x, b, act }, true))
     }
 
     fn unary(&mut self, x: Var, op: Op, f: impl Fn(f32) -> f32 + Sync + Send) -> Result<Var> {
@@ -533,6 +647,35 @@ impl Tape {
                 }
                 Ok(self.contribute(x, g))
             }
+            Op::BiasAct { x, b, act } => {
+                let p = params.get_mut(b);
+                let y = &self.nodes[i].value;
+                let db = &mut p.grad;
+                // g ← g·act'(y) and db[r] += Σ_j g[r, j], one pass over the rows.
+                fn run(
+                    par: Par,
+                    g: &mut [f32],
+                    y: &[f32],
+                    db: &mut [f32],
+                    n: usize,
+                    d: impl Fn(f32) -> f32 + Sync + Send,
+                ) {
+                    for_rows_with(par, g, db, n, |r, grow, dbr| {
+                        let mut sum = 0.0f32;
+                        for (gv, &yv) in grow.iter_mut().zip(&y[r * n..(r + 1) * n]) {
+                            *gv *= d(yv);
+                            sum += *gv;
+                        }
+                        *dbr += sum;
+                    });
+                }
+                match act {
+                    Act::Identity => run(par, &mut g, y, db, n, |_| 1.0),
+                    Act::Relu => run(par, &mut g, y, db, n, |yv| if yv > 0.0 { 1.0 } else { 0.0 }),
+                    _ => run(par, &mut g, y, db, n, |yv| act.deriv_from_output(yv)),
+                }
+                Ok(self.contribute(x, g))
+            }
             Op::Relu(x) => {
                 zip_map(par, &mut g, &self.nodes[i].value, |gv, y| {
                     if y > 0.0 {
@@ -596,6 +739,60 @@ impl Tape {
                 Ok(Some(g))
             }
         }
+    }
+}
+
+/// `f(row index, row)` for every row (of `n` values) of `a`, over threads when `a` is long.
+fn for_rows(par: Par, a: &mut [f32], n: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    if n == 0 {
+        return;
+    }
+    match par {
+        Par::Rayon(t) if t > 1 && a.len() >= PAR_ELEMENTWISE => {
+            use rayon::prelude::*;
+            let rows_per = (a.len() / n).div_ceil(t * 2).max(1);
+            a.par_chunks_mut(rows_per * n)
+                .enumerate()
+                .for_each(|(c, chunk)| {
+                    for (k, row) in chunk.chunks_mut(n).enumerate() {
+                        f(c * rows_per + k, row);
+                    }
+                });
+        }
+        _ => a.chunks_mut(n).enumerate().for_each(|(i, row)| f(i, row)),
+    }
+}
+
+/// `f(row index, row, &mut per_row[row index])` for every row of `a`, over threads when
+/// `a` is long.
+fn for_rows_with(
+    par: Par,
+    a: &mut [f32],
+    per_row: &mut [f32],
+    n: usize,
+    f: impl Fn(usize, &mut [f32], &mut f32) + Sync + Send,
+) {
+    if n == 0 {
+        return;
+    }
+    match par {
+        Par::Rayon(t) if t > 1 && a.len() >= PAR_ELEMENTWISE => {
+            use rayon::prelude::*;
+            let rows_per = (a.len() / n).div_ceil(t * 2).max(1);
+            a.par_chunks_mut(rows_per * n)
+                .zip(per_row.par_chunks_mut(rows_per))
+                .enumerate()
+                .for_each(|(c, (chunk, pr))| {
+                    for (k, (row, v)) in chunk.chunks_mut(n).zip(pr.iter_mut()).enumerate() {
+                        f(c * rows_per + k, row, v);
+                    }
+                });
+        }
+        _ => a
+            .chunks_mut(n)
+            .zip(per_row.iter_mut())
+            .enumerate()
+            .for_each(|(i, (row, v))| f(i, row, v)),
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rand::RngExt;
 
-use crate::autograd::{Tape, Var};
+use crate::autograd::{Act, Tape, Var};
 use crate::error::{Error, Result};
 use crate::nn::distribution::{layer_densities, layer_nnz, Distribution, LayerShape};
 use crate::nn::{Param, ParamId, ParamShape, ParamStore};
@@ -33,10 +33,10 @@ impl Activation {
             "sigmoid" => Ok(Activation::Sigmoid),
             "leaky-relu" => Ok(Activation::LeakyRelu(0.01)),
             _ => match s.strip_prefix("leaky-relu:").map(str::parse::<f32>) {
-                Some(Ok(slope)) => Ok(Activation::LeakyRelu(slope)),
+                Some(Ok(slope)) if (0.0..1.0).contains(&slope) => Ok(Activation::LeakyRelu(slope)),
                 _ => Err(Error::arg(
                     "activation",
-                    format!("unknown activation {s:?} (relu, leaky-relu[:slope], tanh, sigmoid)"),
+                    format!("unknown activation {s:?} (relu, leaky-relu[:slope in [0, 1)], tanh, sigmoid)"),
                 )),
             },
         }
@@ -52,12 +52,13 @@ impl Activation {
         }
     }
 
-    fn apply(self, tape: &mut Tape, x: Var) -> Result<Var> {
+    /// The fused autograd form.
+    fn act(self) -> Act {
         match self {
-            Activation::Relu => tape.relu(x),
-            Activation::LeakyRelu(a) => tape.leaky_relu(x, a),
-            Activation::Tanh => tape.tanh(x),
-            Activation::Sigmoid => tape.sigmoid(x),
+            Activation::Relu => Act::Relu,
+            Activation::LeakyRelu(a) => Act::LeakyRelu(a),
+            Activation::Tanh => Act::Tanh,
+            Activation::Sigmoid => Act::Sigmoid,
         }
     }
 }
@@ -224,12 +225,14 @@ impl Mlp {
         let last = self.layers.len() - 1;
         for (l, layer) in self.layers.iter().enumerate() {
             h = tape.linear(&self.params, h, layer.weight)?;
-            h = tape.bias_add(&self.params, h, layer.bias)?;
-            if l < last {
-                h = self.config.activation.apply(tape, h)?;
-                if train && self.config.dropout > 0.0 {
-                    h = tape.dropout(h, self.config.dropout, rng)?;
-                }
+            let act = if l < last {
+                self.config.activation.act()
+            } else {
+                Act::Identity
+            };
+            h = tape.bias_act(&self.params, h, layer.bias, act)?;
+            if l < last && train && self.config.dropout > 0.0 {
+                h = tape.dropout(h, self.config.dropout, rng)?;
             }
         }
         Ok(h)
