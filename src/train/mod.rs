@@ -7,13 +7,13 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::autograd::{argmax_cols, Tape};
+use crate::autograd::{argmax_cols, Tape, Var};
 use crate::cpu::Par;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::nn::Mlp;
 use crate::optim::{Optimizer, OptimizerConfig};
-use crate::sparse::seed_rng;
+use crate::sparse::{seed_rng, SeedRng};
 
 /// How the learning rate moves over training.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -129,6 +129,43 @@ pub struct EpochReport {
     pub steps: usize,
 }
 
+/// A recorded forward pass over one batch.
+struct BatchForward {
+    /// the loss node
+    loss: Var,
+    /// samples whose arg-max logit is their label
+    correct: usize,
+}
+
+/// Fills the batch `chunk` of `data` (feature-major) and records the model's forward pass
+/// and loss on a fresh tape.
+#[allow(clippy::too_many_arguments)]
+fn forward_batch(
+    model: &Mlp,
+    data: &Dataset,
+    chunk: &[u32],
+    x: &mut [f32],
+    labels: &mut [u32],
+    tape: &mut Tape,
+    train: bool,
+    rng: &mut SeedRng,
+) -> Result<BatchForward> {
+    let b = chunk.len();
+    data.fill_batch(chunk, &mut x[..data.dim * b], &mut labels[..b])?;
+    tape.reset();
+    let xv = tape.input(&x[..data.dim * b], data.dim, b, false)?;
+    let logits = model.forward(tape, xv, train, rng)?;
+    let loss = tape.softmax_cross_entropy(logits, &labels[..b])?;
+    let (c, _) = tape.dims(logits);
+    let pred = argmax_cols(tape.value(logits), c, b);
+    let correct = pred
+        .iter()
+        .zip(&labels[..b])
+        .filter(|(p, l)| p == l)
+        .count();
+    Ok(BatchForward { loss, correct })
+}
+
 /// Mean loss and accuracy of `model` on `data`.
 pub fn evaluate(
     model: &Mlp,
@@ -142,20 +179,18 @@ pub fn evaluate(
     let (mut loss_sum, mut correct) = (0.0f64, 0usize);
     let mut rng = seed_rng(0);
     for chunk in order.chunks(batch_size.max(1)) {
-        let b = chunk.len();
-        data.fill_batch(chunk, &mut x[..data.dim * b], &mut labels[..b])?;
-        tape.reset();
-        let xv = tape.input(&x[..data.dim * b], data.dim, b, false)?;
-        let logits = model.forward(tape, xv, false, &mut rng)?;
-        let loss = tape.softmax_cross_entropy(logits, &labels[..b])?;
-        loss_sum += tape.value(loss)[0] as f64 * b as f64;
-        let (c, _) = tape.dims(logits);
-        let pred = argmax_cols(tape.value(logits), c, b);
-        correct += pred
-            .iter()
-            .zip(&labels[..b])
-            .filter(|(p, l)| p == l)
-            .count();
+        let step = forward_batch(
+            model,
+            data,
+            chunk,
+            &mut x,
+            &mut labels,
+            tape,
+            false,
+            &mut rng,
+        )?;
+        loss_sum += tape.value(step.loss)[0] as f64 * chunk.len() as f64;
+        correct += step.correct;
     }
     let n = data.n.max(1) as f64;
     Ok((loss_sum / n, correct as f64 / n))
@@ -214,25 +249,24 @@ pub fn train(
                 break;
             }
             let b = chunk.len();
-            train.fill_batch(chunk, &mut x[..train.dim * b], &mut labels[..b])?;
-            tape.reset();
-            let xv = tape.input(&x[..train.dim * b], train.dim, b, false)?;
-            let logits = model.forward(&mut tape, xv, true, &mut rng)?;
-            let loss = tape.softmax_cross_entropy(logits, &labels[..b])?;
-            let lv = tape.value(loss)[0];
+            let fwd = forward_batch(
+                model,
+                train,
+                chunk,
+                &mut x,
+                &mut labels,
+                &mut tape,
+                true,
+                &mut rng,
+            )?;
+            let (loss, lv) = (fwd.loss, tape.value(fwd.loss)[0]);
             if !lv.is_finite() {
                 return Err(Error::Training(format!(
                     "the loss became {lv} at epoch {}, step {step} (learning rate {lr}); try a lower --lr",
                     epoch + 1
                 )));
             }
-            let (c, _) = tape.dims(logits);
-            let pred = argmax_cols(tape.value(logits), c, b);
-            correct += pred
-                .iter()
-                .zip(&labels[..b])
-                .filter(|(p, l)| p == l)
-                .count();
+            correct += fwd.correct;
             model.params.zero_grad();
             tape.backward(loss, &mut model.params)?;
             lr = cfg.schedule.lr(cfg.lr, step, total, steps_per_epoch);
