@@ -22,6 +22,7 @@ pub mod autograd;
 pub mod bench;
 pub mod cpu;
 pub mod data;
+pub mod dst;
 pub mod error;
 pub mod kernels;
 pub mod nn;
