@@ -46,9 +46,18 @@ struct TrainArgs {
     /// fraction of weights not stored (ignored by --method dense)
     #[arg(long, default_value_t = 0.9)]
     sparsity: f64,
-    /// dense, or static (a fixed random sparse pattern)
+    /// dense, static (a fixed random sparse pattern), set, or rigl
     #[arg(long, default_value = "static")]
     method: String,
+    /// steps between rewiring updates (ΔT; set and rigl)
+    #[arg(long, default_value_t = 100)]
+    delta_t: usize,
+    /// fraction of each layer's live weights rewired per update (α for rigl, ζ for set)
+    #[arg(long, default_value_t = 0.3)]
+    drop_fraction: f64,
+    /// last rewiring at this fraction of training (default: 0.75 for rigl, 1 for set)
+    #[arg(long)]
+    t_end: Option<f64>,
     /// how sparsity is spread over layers: uniform, uniform-dense-first, er, erk
     #[arg(long, default_value = "uniform")]
     distribution: String,
@@ -258,15 +267,21 @@ fn run_train(args: TrainArgs) -> rewire::Result<()> {
         .num_threads(threads)
         .build()
         .map_err(|e| rewire::Error::arg("threads", e))?;
-    let sparsity = match args.method.as_str() {
-        "dense" => 0.0,
-        "static" => args.sparsity,
-        other => {
-            return Err(rewire::Error::arg(
-                "method",
-                format!("unknown method {other:?} (dense, static)"),
-            ))
+    let (sparsity, rewire_cfg) = if args.method == "dense" {
+        (0.0, None)
+    } else {
+        let kind = rewire::dst::MethodKind::parse(&args.method)?;
+        let mut rc = rewire::dst::RewireConfig::defaults(kind);
+        rc.delta_t = args.delta_t;
+        rc.drop_fraction = args.drop_fraction;
+        rc.seed = args.seed;
+        if let Some(t) = args.t_end {
+            rc.end_fraction = t;
         }
+        (
+            args.sparsity,
+            (kind != rewire::dst::MethodKind::Static).then_some(rc),
+        )
     };
     let (train_set, test_set) = if args.dataset == "synthetic" {
         Dataset::synthetic(12_000, 784, 10, args.seed).split(10_000)
@@ -325,6 +340,7 @@ fn run_train(args: TrainArgs) -> rewire::Result<()> {
         } else {
             rewire::Par::Seq
         },
+        rewire: rewire_cfg,
     };
     let mut log = args.log.as_deref().map(JsonlLog::create).transpose()?;
     pool.install(|| {
@@ -346,7 +362,7 @@ fn run_train(args: TrainArgs) -> rewire::Result<()> {
         let epochs = cfg.epochs;
         train::train(&mut model, &train_set, &test_set, &cfg, |r| {
             println!(
-                "epoch {:>3}/{epochs}  loss {:.4}  train {:6.2}%  test {:6.2}%  time {:7.2}s  live {} ({:.2}% of dense)  train FLOPs {:.3e}  lr {:.4}",
+                "epoch {:>3}/{epochs}  loss {:.4}  train {:6.2}%  test {:6.2}%  time {:7.2}s  live {} ({:.2}% of dense)  train FLOPs {:.3e}  lr {:.4}  rewired {}",
                 r.epoch,
                 r.loss,
                 100.0 * r.train_acc,
@@ -355,7 +371,8 @@ fn run_train(args: TrainArgs) -> rewire::Result<()> {
                 r.live_weights,
                 100.0 * r.live_weights as f64 / r.dense_weights as f64,
                 r.train_flops,
-                r.lr
+                r.lr,
+                r.rewired
             );
             if let Some(log) = log.as_mut() {
                 log.write(&serde_json::json!({

@@ -28,6 +28,7 @@ fn cfg(epochs: usize, lr: f32) -> TrainConfig {
         max_steps: None,
         progress: false,
         par: Par::current(),
+        rewire: None,
     }
 }
 

@@ -166,6 +166,7 @@ pub struct Tape {
     nodes: Vec<Node>,
     pool: Pool,
     par: Par,
+    retain_linear_grads: bool,
 }
 
 impl Tape {
@@ -175,7 +176,20 @@ impl Tape {
             nodes: Vec::new(),
             pool: Pool::default(),
             par,
+            retain_linear_grads: false,
         }
+    }
+
+    /// Whether `backward` keeps the output gradient `dZ` of every sparse linear node
+    /// (readable with [`Tape::grad`]) instead of recycling it: RigL's grow step needs it
+    /// at update steps.
+    pub fn set_retain_linear_grads(&mut self, retain: bool) {
+        self.retain_linear_grads = retain;
+    }
+
+    /// The kernel parallelism of this tape.
+    pub fn par(&self) -> Par {
+        self.par
     }
 
     /// Forgets every node, keeping their buffers for the next pass.
@@ -526,8 +540,14 @@ impl Tape {
             let Some(g) = self.nodes[i].grad.take() else {
                 continue;
             };
+            let keep =
+                self.retain_linear_grads && matches!(self.nodes[i].op, Op::SparseLinear { .. });
             if let Some(spent) = self.backward_node(i, g, params)? {
-                self.pool.give(spent);
+                if keep {
+                    self.nodes[i].grad = Some(spent); // dZ of a sparse layer, for rewiring
+                } else {
+                    self.pool.give(spent);
+                }
             }
         }
         Ok(())

@@ -9,6 +9,10 @@
 //! state. The edited pattern is a new [`CsrPattern`] with a new version, so everything
 //! cached against the old one (transposes) is rebuilt.
 
+pub mod rewirer;
+
+pub use rewirer::{MethodKind, RewireConfig, Rewirer, UpdateReport, UpdateSchedule};
+
 use std::sync::Arc;
 
 use crate::error::{Error, Result};

@@ -221,10 +221,30 @@ impl Mlp {
     /// Records the forward pass of `x` (`[inputs × batch]`) on `tape` and returns the
     /// logits (`[classes × batch]`). Dropout is active only when `train` is set.
     pub fn forward(&self, tape: &mut Tape, x: Var, train: bool, rng: &mut SeedRng) -> Result<Var> {
+        self.forward_traced(tape, x, train, rng, None)
+    }
+
+    /// [`Mlp::forward`] that also records, per layer, the input and the output of its
+    /// linear product (`(x, W·x)`), for methods that need `dZ` and `X`.
+    pub fn forward_traced(
+        &self,
+        tape: &mut Tape,
+        x: Var,
+        train: bool,
+        rng: &mut SeedRng,
+        mut trace: Option<&mut Vec<(Var, Var)>>,
+    ) -> Result<Var> {
         let mut h = x;
         let last = self.layers.len() - 1;
+        if let Some(t) = trace.as_deref_mut() {
+            t.clear();
+        }
         for (l, layer) in self.layers.iter().enumerate() {
+            let input = h;
             h = tape.linear(&self.params, h, layer.weight)?;
+            if let Some(t) = trace.as_deref_mut() {
+                t.push((input, h));
+            }
             let act = if l < last {
                 self.config.activation.act()
             } else {

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::autograd::{argmax_cols, Tape, Var};
 use crate::cpu::Par;
 use crate::data::Dataset;
+use crate::dst::{RewireConfig, Rewirer};
 use crate::error::{Error, Result};
 use crate::nn::Mlp;
 use crate::optim::{Optimizer, OptimizerConfig};
@@ -100,6 +101,8 @@ pub struct TrainConfig {
     pub progress: bool,
     /// kernel parallelism
     pub par: Par,
+    /// the rewiring method of the sparse layers (`None`: static)
+    pub rewire: Option<RewireConfig>,
 }
 
 /// What one epoch did.
@@ -127,6 +130,8 @@ pub struct EpochReport {
     pub train_flops: f64,
     /// steps taken in the epoch
     pub steps: usize,
+    /// connections dropped and regrown by the rewiring method in the epoch
+    pub rewired: usize,
 }
 
 /// A recorded forward pass over one batch.
@@ -149,12 +154,13 @@ fn forward_batch(
     tape: &mut Tape,
     train: bool,
     rng: &mut SeedRng,
+    trace: Option<&mut Vec<(Var, Var)>>,
 ) -> Result<BatchForward> {
     let b = chunk.len();
     data.fill_batch(chunk, &mut x[..data.dim * b], &mut labels[..b])?;
     tape.reset();
     let xv = tape.input(&x[..data.dim * b], data.dim, b, false)?;
-    let logits = model.forward(tape, xv, train, rng)?;
+    let logits = model.forward_traced(tape, xv, train, rng, trace)?;
     let loss = tape.softmax_cross_entropy(logits, &labels[..b])?;
     let (c, _) = tape.dims(logits);
     let pred = argmax_cols(tape.value(logits), c, b);
@@ -188,6 +194,7 @@ pub fn evaluate(
             tape,
             false,
             &mut rng,
+            None,
         )?;
         loss_sum += tape.value(step.loss)[0] as f64 * chunk.len() as f64;
         correct += step.correct;
@@ -225,6 +232,11 @@ pub fn train(
         .max_steps
         .unwrap_or(usize::MAX)
         .min(steps_per_epoch * cfg.epochs);
+    let mut rewirer = cfg
+        .rewire
+        .clone()
+        .map(|r| Rewirer::new(r, total))
+        .transpose()?;
     let mut x = vec![0.0f32; train.dim * cfg.batch_size];
     let mut labels = vec![0u32; cfg.batch_size];
     let mut reports = Vec::new();
@@ -244,11 +256,15 @@ pub fn train(
         let (mut loss_sum, mut correct, mut seen, mut flops, mut steps) =
             (0.0f64, 0usize, 0usize, 0.0f64, 0usize);
         let mut lr = cfg.lr;
+        let mut rewired = 0usize;
         for chunk in order.chunks(cfg.batch_size) {
             if step >= total {
                 break;
             }
             let b = chunk.len();
+            let update = rewirer.as_ref().is_some_and(|r| r.is_update(step));
+            let traced = rewirer.as_ref().is_some_and(|r| r.needs_trace(step));
+            tape.set_retain_linear_grads(traced);
             let fwd = forward_batch(
                 model,
                 train,
@@ -258,6 +274,11 @@ pub fn train(
                 &mut tape,
                 true,
                 &mut rng,
+                if traced {
+                    rewirer.as_mut().map(|r| r.trace_mut())
+                } else {
+                    None
+                },
             )?;
             let (loss, lv) = (fwd.loss, tape.value(fwd.loss)[0]);
             if !lv.is_finite() {
@@ -270,7 +291,16 @@ pub fn train(
             model.params.zero_grad();
             tape.backward(loss, &mut model.params)?;
             lr = cfg.schedule.lr(cfg.lr, step, total, steps_per_epoch);
-            opt.step(&mut model.params, lr)?;
+            match rewirer.as_mut() {
+                // an update step rewires instead of stepping (as RigL's reference does):
+                // the gradients belong to the pattern being replaced
+                Some(r) if update => {
+                    let rep = r.update(step, model, &mut opt, &tape)?;
+                    rewired += rep.rewired;
+                    flops += rep.flops;
+                }
+                _ => opt.step(&mut model.params, lr)?,
+            }
             loss_sum += lv as f64 * b as f64;
             seen += b;
             flops += model.train_flops_per_sample() * b as f64;
@@ -297,6 +327,7 @@ pub fn train(
             dense_weights: model.dense_weights(),
             train_flops: flops,
             steps,
+            rewired,
         };
         on_epoch(&report)?;
         reports.push(report);

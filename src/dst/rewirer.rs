@@ -1,0 +1,389 @@
+//! Rewiring methods for [`Mlp`] sparse layers: static (never rewires), SET (Mocanu et al.
+//! 2018: drop the weights nearest zero on both signs, regrow at random) and RigL (Evci
+//! et al. 2020: drop the smallest magnitudes, regrow where the dense gradient of the
+//! current minibatch is largest), on a schedule of update interval ΔT, drop fraction α
+//! with cosine decay, and an end step T_end.
+
+use std::collections::HashSet;
+
+use rand::RngExt;
+
+use crate::autograd::{Tape, Var};
+use crate::cpu::dense::{gemm_ex, Trans};
+use crate::cpu::Accum;
+use crate::dst::{apply_edit, Edit};
+use crate::error::{Error, Result};
+use crate::nn::{Mlp, ParamShape};
+use crate::optim::Optimizer;
+use crate::sparse::{seed_rng, CsrPattern, SeedRng};
+
+/// Which method rewires the sparse layers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MethodKind {
+    /// a fixed random pattern
+    Static,
+    /// Sparse Evolutionary Training
+    Set,
+    /// Rigged Lottery
+    RigL,
+}
+
+impl MethodKind {
+    /// Parses `static`, `set`, `rigl`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "static" => Ok(MethodKind::Static),
+            "set" => Ok(MethodKind::Set),
+            "rigl" => Ok(MethodKind::RigL),
+            _ => Err(Error::arg(
+                "method",
+                format!("unknown method {s:?} (static, set, rigl)"),
+            )),
+        }
+    }
+}
+
+/// Settings of a rewiring method.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RewireConfig {
+    /// the method
+    pub kind: MethodKind,
+    /// steps between updates (ΔT)
+    pub delta_t: usize,
+    /// initial drop fraction α (ζ for SET)
+    pub drop_fraction: f64,
+    /// last update at this fraction of the training steps (T_end)
+    pub end_fraction: f64,
+    /// cosine decay of the drop fraction (RigL); constant otherwise (SET)
+    pub cosine: bool,
+    /// seed of random regrowth
+    pub seed: u64,
+}
+
+impl RewireConfig {
+    /// The published defaults of a method: RigL ΔT = 100, α = 0.3 with cosine decay,
+    /// T_end = 75%; SET ζ = 0.3, constant, until the end.
+    pub fn defaults(kind: MethodKind) -> Self {
+        RewireConfig {
+            kind,
+            delta_t: 100,
+            drop_fraction: 0.3,
+            end_fraction: if kind == MethodKind::RigL { 0.75 } else { 1.0 },
+            cosine: kind == MethodKind::RigL,
+            seed: 0,
+        }
+    }
+}
+
+/// Update steps and drop fraction over training.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct UpdateSchedule {
+    /// steps between updates
+    pub delta_t: usize,
+    /// no update at or after this step
+    pub t_end: usize,
+    /// initial drop fraction
+    pub alpha: f64,
+    /// cosine decay α/2·(1 + cos(πt/T_end)), else constant α
+    pub cosine: bool,
+}
+
+impl UpdateSchedule {
+    /// Whether `step` (0-based, counted over the whole run) is an update step.
+    pub fn is_update(&self, step: usize) -> bool {
+        self.delta_t > 0 && step > 0 && step.is_multiple_of(self.delta_t) && step < self.t_end
+    }
+
+    /// The fraction of each layer's live weights rewired at `step`.
+    pub fn drop_fraction(&self, step: usize) -> f64 {
+        if self.cosine {
+            let t = step as f64 / self.t_end.max(1) as f64;
+            self.alpha / 2.0 * (1.0 + (std::f64::consts::PI * t).cos())
+        } else {
+            self.alpha
+        }
+    }
+}
+
+/// What one update did.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct UpdateReport {
+    /// connections dropped (and as many grown) over all layers
+    pub rewired: usize,
+    /// floating-point operations spent on the update (RigL's dense gradients)
+    pub flops: f64,
+}
+
+/// Applies a method to a model at its update steps.
+pub struct Rewirer {
+    config: RewireConfig,
+    schedule: UpdateSchedule,
+    rng: SeedRng,
+    trace: Vec<(Var, Var)>,
+}
+
+impl Rewirer {
+    /// A rewirer for a run of `total_steps` steps.
+    pub fn new(config: RewireConfig, total_steps: usize) -> Result<Self> {
+        if !(0.0..=1.0).contains(&config.drop_fraction) {
+            return Err(Error::arg(
+                "drop_fraction",
+                format!("must lie in [0, 1], got {}", config.drop_fraction),
+            ));
+        }
+        if !(0.0..=1.0).contains(&config.end_fraction) {
+            return Err(Error::arg(
+                "end_fraction",
+                format!("must lie in [0, 1], got {}", config.end_fraction),
+            ));
+        }
+        if config.kind != MethodKind::Static && config.delta_t == 0 {
+            return Err(Error::arg("delta_t", "must be at least 1"));
+        }
+        let schedule = UpdateSchedule {
+            delta_t: if config.kind == MethodKind::Static {
+                0
+            } else {
+                config.delta_t
+            },
+            t_end: (config.end_fraction * total_steps as f64).round() as usize,
+            alpha: config.drop_fraction,
+            cosine: config.cosine,
+        };
+        let rng = seed_rng(config.seed ^ 0xd57);
+        Ok(Rewirer {
+            config,
+            schedule,
+            rng,
+            trace: Vec::new(),
+        })
+    }
+
+    /// The schedule in use.
+    pub fn schedule(&self) -> &UpdateSchedule {
+        &self.schedule
+    }
+
+    /// The method.
+    pub fn kind(&self) -> MethodKind {
+        self.config.kind
+    }
+
+    /// Whether `step` rewires.
+    pub fn is_update(&self, step: usize) -> bool {
+        self.schedule.is_update(step)
+    }
+
+    /// Whether the forward/backward of `step` must keep each layer's `X` and `dZ`.
+    pub fn needs_trace(&self, step: usize) -> bool {
+        self.config.kind == MethodKind::RigL && self.is_update(step)
+    }
+
+    /// The trace buffer to pass to [`Mlp::forward_traced`] at a step that needs it.
+    pub fn trace_mut(&mut self) -> &mut Vec<(Var, Var)> {
+        &mut self.trace
+    }
+
+    /// Rewires every sparse layer of `model` at `step`. For RigL, `tape` must hold the
+    /// step's forward and backward (with linear gradients retained) recorded with
+    /// [`Rewirer::trace_mut`].
+    pub fn update(
+        &mut self,
+        step: usize,
+        model: &mut Mlp,
+        opt: &mut Optimizer,
+        tape: &Tape,
+    ) -> Result<UpdateReport> {
+        let fraction = self.schedule.drop_fraction(step);
+        let mut report = UpdateReport::default();
+        for l in 0..model.layers.len() {
+            let id = model.layers[l].weight;
+            let param = model.params.get(id);
+            let ParamShape::Sparse { pattern } = &param.shape else {
+                continue; // dense layers stay dense
+            };
+            let pattern = pattern.clone();
+            let k = (fraction * pattern.nnz() as f64).round() as usize;
+            if k == 0 {
+                continue;
+            }
+            let edit = match self.config.kind {
+                MethodKind::Static => continue,
+                MethodKind::Set => set_edit(
+                    &pattern,
+                    &param.value,
+                    self.config.drop_fraction,
+                    &mut self.rng,
+                ),
+                MethodKind::RigL => {
+                    let &(x, z) = self.trace.get(l).ok_or_else(|| {
+                        Error::Training("RigL update without a recorded forward pass".into())
+                    })?;
+                    let dz = tape.grad(z).ok_or_else(|| {
+                        Error::Training("RigL update without retained gradients".into())
+                    })?;
+                    let (_, n) = tape.dims(z);
+                    report.flops +=
+                        2.0 * pattern.nrows() as f64 * pattern.ncols() as f64 * n as f64;
+                    rigl_edit(&pattern, &param.value, k, dz, tape.value(x), n, tape)?
+                }
+            };
+            let stats = apply_edit(&mut model.params, opt, id, &edit)?;
+            report.rewired += stats.dropped;
+        }
+        Ok(report)
+    }
+}
+
+/// The `k` entries of smallest magnitude (ties: lower index first).
+fn smallest_magnitudes(values: &[f32], k: usize) -> Vec<u32> {
+    let mut idx: Vec<u32> = (0..values.len() as u32).collect();
+    let key = |&i: &u32| (values[i as usize].abs(), i);
+    if k < idx.len() {
+        idx.select_nth_unstable_by(k, |a, b| {
+            key(a)
+                .partial_cmp(&key(b))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        idx.truncate(k);
+    }
+    idx.sort_unstable();
+    idx
+}
+
+/// RigL: drop the `k` smallest |w|; grow the `k` connections, not live after the drop,
+/// with the largest |∂L/∂W| = |dZ·Xᵀ|, computed in blocks of rows so that no `out × in`
+/// buffer exists for large layers.
+fn rigl_edit(
+    pattern: &CsrPattern,
+    values: &[f32],
+    k: usize,
+    dz: &[f32],
+    x: &[f32],
+    n: usize,
+    tape: &Tape,
+) -> Result<Edit> {
+    let drop = smallest_magnitudes(values, k);
+    let (out, fan_in) = (pattern.nrows(), pattern.ncols());
+    let mut dropped = vec![false; pattern.nnz()];
+    for &p in &drop {
+        dropped[p as usize] = true;
+    }
+    // rows per block: about 4 MiB of dense gradient at a time
+    let rb = ((1 << 20) / fan_in.max(1)).clamp(1, out.max(1));
+    let mut block = vec![0.0f32; rb * fan_in];
+    let mut best: Vec<(f32, u32, u32)> = Vec::with_capacity(4 * k);
+    let mut live_row = vec![false; fan_in];
+    let by_score = |a: &(f32, u32, u32), b: &(f32, u32, u32)| {
+        b.0.partial_cmp(&a.0)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then((a.1, a.2).cmp(&(b.1, b.2)))
+    };
+    let mut r0 = 0;
+    while r0 < out {
+        let r1 = (r0 + rb).min(out);
+        let rows = r1 - r0;
+        let g = &mut block[..rows * fan_in];
+        // G[r0..r1, :] = dZ[r0..r1, :] · Xᵀ
+        gemm_ex(
+            g,
+            &dz[r0 * n..r1 * n],
+            Trans::No,
+            x,
+            Trans::Yes,
+            rows,
+            n,
+            fan_in,
+            1.0,
+            Accum::Replace,
+            tape.par(),
+        )?;
+        for i in r0..r1 {
+            for p in pattern.row_range(i) {
+                live_row[pattern.col_idx()[p] as usize] = !dropped[p];
+            }
+            let grow_row = &g[(i - r0) * fan_in..(i - r0 + 1) * fan_in];
+            for (j, &gv) in grow_row.iter().enumerate() {
+                if !live_row[j] {
+                    best.push((gv.abs(), i as u32, j as u32));
+                }
+            }
+            for p in pattern.row_range(i) {
+                live_row[pattern.col_idx()[p] as usize] = false;
+            }
+            if best.len() > 3 * k.max(1) {
+                best.select_nth_unstable_by(k, by_score);
+                best.truncate(k);
+            }
+        }
+        r0 = r1;
+    }
+    if best.len() > k {
+        best.select_nth_unstable_by(k, by_score);
+        best.truncate(k);
+    }
+    let grow = best.into_iter().map(|(_, i, j)| (i, j)).collect();
+    Ok(Edit { drop, grow })
+}
+
+/// SET: drop the fraction `zeta` of the smallest positive weights and of the largest
+/// negative weights (zeros too), regrow as many at random positions not live before.
+fn set_edit(pattern: &CsrPattern, values: &[f32], zeta: f64, rng: &mut SeedRng) -> Edit {
+    let mut pos: Vec<u32> = (0..values.len() as u32)
+        .filter(|&p| values[p as usize] > 0.0)
+        .collect();
+    let mut neg: Vec<u32> = (0..values.len() as u32)
+        .filter(|&p| values[p as usize] < 0.0)
+        .collect();
+    let zeros = (0..values.len() as u32).filter(|&p| values[p as usize] == 0.0);
+    let by_mag = |a: &u32, b: &u32| {
+        let (x, y) = (values[*a as usize].abs(), values[*b as usize].abs());
+        x.partial_cmp(&y)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.cmp(b))
+    };
+    pos.sort_unstable_by(by_mag);
+    neg.sort_unstable_by(by_mag);
+    let kp = (zeta * pos.len() as f64).round() as usize;
+    let kn = (zeta * neg.len() as f64).round() as usize;
+    let mut drop: Vec<u32> = pos[..kp]
+        .iter()
+        .chain(&neg[..kn])
+        .copied()
+        .chain(zeros)
+        .collect();
+    drop.sort_unstable();
+    let (out, fan_in) = (pattern.nrows(), pattern.ncols());
+    let free = out * fan_in - pattern.nnz();
+    let target = drop.len().min(free);
+    let mut chosen: HashSet<(u32, u32)> = HashSet::with_capacity(target);
+    let mut grow = Vec::with_capacity(target);
+    if free < 4 * target.max(1) {
+        // dense layer: enumerate the free positions and pick among them
+        let mut all: Vec<(u32, u32)> = Vec::with_capacity(free);
+        for i in 0..out {
+            let row = pattern.row(i);
+            all.extend(
+                (0..fan_in as u32)
+                    .filter(|j| row.binary_search(j).is_err())
+                    .map(|j| (i as u32, j)),
+            );
+        }
+        for t in 0..target {
+            let pick = rng.random_range(t..all.len());
+            all.swap(t, pick);
+        }
+        grow.extend_from_slice(&all[..target]);
+    } else {
+        while grow.len() < target {
+            let (i, j) = (
+                rng.random_range(0..out) as u32,
+                rng.random_range(0..fan_in) as u32,
+            );
+            if pattern.row(i as usize).binary_search(&j).is_err() && chosen.insert((i, j)) {
+                grow.push((i, j));
+            }
+        }
+    }
+    Edit { drop, grow }
+}

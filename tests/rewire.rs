@@ -1,0 +1,296 @@
+//! Rewiring methods on an MLP: invariants after every update, RigL's choices against a
+//! brute-force dense gradient, determinism, and schedules.
+
+use std::collections::HashSet;
+
+use rewire::autograd::Tape;
+use rewire::cpu::Par;
+use rewire::data::Dataset;
+use rewire::dst::{MethodKind, RewireConfig, Rewirer, UpdateSchedule};
+use rewire::nn::distribution::Distribution;
+use rewire::nn::{Mlp, MlpConfig, ParamShape};
+use rewire::optim::{Optimizer, OptimizerConfig};
+use rewire::sparse::{seed_rng, CsrPattern};
+
+fn model(seed: u64) -> Mlp {
+    Mlp::new(MlpConfig {
+        sparsity: 0.8,
+        distribution: Distribution::Uniform { dense_first: false },
+        seed,
+        ..MlpConfig::new(32, &[48, 40], 10)
+    })
+    .unwrap()
+}
+
+fn sgd(m: &Mlp) -> Optimizer {
+    Optimizer::new(
+        OptimizerConfig::Sgd {
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 0.0,
+        },
+        &m.params,
+    )
+    .unwrap()
+}
+
+/// One forward/backward on a batch, recording what RigL needs.
+fn step(m: &mut Mlp, rw: &mut Rewirer, tape: &mut Tape, data: &Dataset, seed: u64) {
+    let idx: Vec<u32> = data.epoch_order(seed, 0)[..16].to_vec();
+    let mut x = vec![0.0; data.dim * 16];
+    let mut labels = vec![0u32; 16];
+    data.fill_batch(&idx, &mut x, &mut labels).unwrap();
+    tape.reset();
+    tape.set_retain_linear_grads(true);
+    let xv = tape.input(&x, data.dim, 16, false).unwrap();
+    let mut rng = seed_rng(seed);
+    let logits = m
+        .forward_traced(tape, xv, true, &mut rng, Some(rw.trace_mut()))
+        .unwrap();
+    let loss = tape.softmax_cross_entropy(logits, &labels).unwrap();
+    m.params.zero_grad();
+    tape.backward(loss, &mut m.params).unwrap();
+}
+
+fn patterns(m: &Mlp) -> Vec<CsrPattern> {
+    m.layers
+        .iter()
+        .filter_map(|l| m.params.get(l.weight).pattern().map(|p| (**p).clone()))
+        .collect()
+}
+
+fn live_set(p: &CsrPattern) -> HashSet<(u32, u32)> {
+    let rows = p.row_indices();
+    rows.into_iter().zip(p.col_idx().iter().copied()).collect()
+}
+
+fn check_update(kind: MethodKind) {
+    let data = Dataset::synthetic(64, 32, 10, 3);
+    let mut m = model(1);
+    let mut opt = sgd(&m);
+    let cfg = RewireConfig {
+        delta_t: 1,
+        drop_fraction: 0.3,
+        end_fraction: 1.0,
+        ..RewireConfig::defaults(kind)
+    };
+    let mut rw = Rewirer::new(cfg, 1000).unwrap();
+    let mut tape = Tape::new(Par::Seq);
+    for s in 1..6 {
+        step(&mut m, &mut rw, &mut tape, &data, s);
+        opt.step(&mut m.params, 0.05).unwrap();
+        step(&mut m, &mut rw, &mut tape, &data, s + 100);
+        let before = patterns(&m);
+        let values_before: Vec<Vec<f32>> = m
+            .layers
+            .iter()
+            .map(|l| m.params.get(l.weight).value.to_vec())
+            .collect();
+        let report = rw.update(s as usize, &mut m, &mut opt, &tape).unwrap();
+        assert!(report.rewired > 0, "{kind:?} rewired nothing");
+        let after = patterns(&m);
+        for (l, (old, new)) in before.iter().zip(&after).enumerate() {
+            assert_eq!(
+                old.nnz(),
+                new.nnz(),
+                "{kind:?}: layer {l} lost or gained connections"
+            );
+            // CsrPattern::new re-validates: sorted, unique, in range
+            CsrPattern::new(
+                new.nrows(),
+                new.ncols(),
+                new.row_ptr().to_vec(),
+                new.col_idx().to_vec(),
+            )
+            .unwrap();
+            let (old_set, new_set) = (live_set(old), live_set(new));
+            let id = m.layers[l].weight;
+            let p = m.params.get(id);
+            let state = &opt.state(id)[0];
+            for (q, (r, c)) in new
+                .row_indices()
+                .into_iter()
+                .zip(new.col_idx().iter().copied())
+                .enumerate()
+            {
+                if old_set.contains(&(r, c)) {
+                    // survivor keeps its value
+                    let op = old
+                        .row_range(r as usize)
+                        .find(|&op| old.col_idx()[op] == c)
+                        .unwrap();
+                    assert_eq!(p.value[q], values_before[l][op]);
+                } else {
+                    assert_eq!(p.value[q], 0.0, "grown weight not zero");
+                    assert_eq!(state[q], 0.0, "grown optimizer state not zero");
+                }
+            }
+            assert!(new_set.len() == old_set.len());
+        }
+        // the optimizer accepts the new patterns
+        step(&mut m, &mut rw, &mut tape, &data, s + 200);
+        opt.step(&mut m.params, 0.05).unwrap();
+    }
+}
+
+#[test]
+fn rigl_updates_keep_invariants() {
+    check_update(MethodKind::RigL);
+}
+
+#[test]
+fn set_updates_keep_invariants() {
+    check_update(MethodKind::Set);
+}
+
+#[test]
+fn rigl_grows_where_the_dense_gradient_is_largest() {
+    let data = Dataset::synthetic(64, 32, 10, 4);
+    let mut m = model(2);
+    let mut opt = sgd(&m);
+    let cfg = RewireConfig {
+        delta_t: 1,
+        drop_fraction: 0.25,
+        end_fraction: 1.0,
+        cosine: false,
+        ..RewireConfig::defaults(MethodKind::RigL)
+    };
+    let mut rw = Rewirer::new(cfg, 100).unwrap();
+    let mut tape = Tape::new(Par::Seq);
+    step(&mut m, &mut rw, &mut tape, &data, 9);
+    // brute force, layer 1 (48×32): G = dZ·Xᵀ in f64, drop the 25% smallest |w|
+    let (x, z) = rw.trace_mut()[0];
+    let (dz, xv) = (tape.grad(z).unwrap().to_vec(), tape.value(x).to_vec());
+    let n = 16;
+    let id = m.layers[0].weight;
+    let old = (**m.params.get(id).pattern().unwrap()).clone();
+    let w = m.params.get(id).value.to_vec();
+    let k = (0.25 * old.nnz() as f64).round() as usize;
+    let mut order: Vec<usize> = (0..w.len()).collect();
+    order.sort_by(|&a, &b| (w[a].abs(), a).partial_cmp(&(w[b].abs(), b)).unwrap());
+    let dropped: HashSet<usize> = order[..k].iter().copied().collect();
+    let rows = old.row_indices();
+    let kept: HashSet<(u32, u32)> = (0..old.nnz())
+        .filter(|p| !dropped.contains(p))
+        .map(|p| (rows[p], old.col_idx()[p]))
+        .collect();
+    let mut cand: Vec<(f64, u32, u32)> = Vec::new();
+    for i in 0..old.nrows() {
+        for j in 0..old.ncols() {
+            if !kept.contains(&(i as u32, j as u32)) {
+                let g: f64 = (0..n)
+                    .map(|t| dz[i * n + t] as f64 * xv[j * n + t] as f64)
+                    .sum();
+                cand.push((g.abs(), i as u32, j as u32));
+            }
+        }
+    }
+    cand.sort_by(|a, b| {
+        b.0.partial_cmp(&a.0)
+            .unwrap()
+            .then((a.1, a.2).cmp(&(b.1, b.2)))
+    });
+    let expected: HashSet<(u32, u32)> = kept
+        .iter()
+        .copied()
+        .chain(cand[..k].iter().map(|&(_, i, j)| (i, j)))
+        .collect();
+    rw.update(1, &mut m, &mut opt, &tape).unwrap();
+    let got = live_set(m.params.get(id).pattern().unwrap());
+    // allow for float ties at the boundary: at most one connection may differ
+    let diff = expected.symmetric_difference(&got).count();
+    assert!(
+        diff <= 2,
+        "{diff} connections differ from the brute-force RigL choice"
+    );
+}
+
+#[test]
+fn same_seed_same_rewiring() {
+    let run = |kind| {
+        let data = Dataset::synthetic(64, 32, 10, 5);
+        let mut m = model(3);
+        let mut opt = sgd(&m);
+        let cfg = RewireConfig {
+            delta_t: 1,
+            end_fraction: 1.0,
+            ..RewireConfig::defaults(kind)
+        };
+        let mut rw = Rewirer::new(cfg, 100).unwrap();
+        let mut tape = Tape::new(Par::Seq);
+        for s in 1..4 {
+            step(&mut m, &mut rw, &mut tape, &data, s);
+            rw.update(s as usize, &mut m, &mut opt, &tape).unwrap();
+        }
+        patterns(&m)
+    };
+    for kind in [MethodKind::RigL, MethodKind::Set] {
+        assert_eq!(run(kind), run(kind), "{kind:?} is not deterministic");
+    }
+}
+
+#[test]
+fn schedules() {
+    let s = UpdateSchedule {
+        delta_t: 100,
+        t_end: 750,
+        alpha: 0.3,
+        cosine: true,
+    };
+    assert!(
+        !s.is_update(0)
+            && s.is_update(100)
+            && !s.is_update(150)
+            && s.is_update(700)
+            && !s.is_update(800)
+    );
+    assert!((s.drop_fraction(0) - 0.3).abs() < 1e-12);
+    assert!((s.drop_fraction(375) - 0.15).abs() < 1e-9);
+    assert!(s.drop_fraction(750).abs() < 1e-12);
+    assert!(Rewirer::new(
+        RewireConfig {
+            drop_fraction: 1.5,
+            ..RewireConfig::defaults(MethodKind::RigL)
+        },
+        10
+    )
+    .is_err());
+    assert!(Rewirer::new(
+        RewireConfig {
+            delta_t: 0,
+            ..RewireConfig::defaults(MethodKind::Set)
+        },
+        10
+    )
+    .is_err());
+    assert!(MethodKind::parse("rigl").is_ok() && MethodKind::parse("lottery").is_err());
+}
+
+#[test]
+fn dense_layers_are_not_rewired() {
+    let data = Dataset::synthetic(64, 32, 10, 6);
+    let mut m = Mlp::new(MlpConfig {
+        sparsity: 0.5,
+        distribution: Distribution::Uniform { dense_first: true },
+        ..MlpConfig::new(32, &[48], 10)
+    })
+    .unwrap();
+    let first = m.layers[0].weight;
+    assert!(matches!(
+        m.params.get(first).shape,
+        ParamShape::Dense { .. }
+    ));
+    let dense_before = m.params.get(first).value.to_vec();
+    let mut opt = sgd(&m);
+    let cfg = RewireConfig {
+        delta_t: 1,
+        end_fraction: 1.0,
+        ..RewireConfig::defaults(MethodKind::RigL)
+    };
+    let mut rw = Rewirer::new(cfg, 100).unwrap();
+    let mut tape = Tape::new(Par::Seq);
+    step(&mut m, &mut rw, &mut tape, &data, 1);
+    let report = rw.update(1, &mut m, &mut opt, &tape).unwrap();
+    assert!(report.rewired > 0);
+    assert_eq!(m.params.get(first).value.to_vec(), dense_before);
+}
