@@ -29,7 +29,7 @@ enum Command {
     ///
     /// After each epoch one line: loss, train and test accuracy, epoch time, live weights
     /// and training FLOPs; `--log FILE.jsonl` writes the same as JSON lines.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
 }
 
 #[derive(clap::Args)]
@@ -165,7 +165,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Bench(args) => run_bench(args),
-        Command::Train(args) => run_train(args),
+        Command::Train(args) => run_train(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
