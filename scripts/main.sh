@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# The main job: dense vs static sparse MLP (784-1000-1000-1000-10) on Fashion-MNIST,
-# same seed, same schedule, one after the other, with a summary at the end.
-# Fetches the dataset first when it is absent (scripts/fetch-data.sh), saying so.
+# The main job: dense vs sparse MLPs (784-1000-1000-1000-10) on Fashion-MNIST — static
+# sparse and RigL — same seed, same schedule, one after the other, with a summary at the
+# end. Fetches the dataset first when it is absent (scripts/fetch-data.sh), saying so.
 #
-#   scripts/main.sh                 # 20 epochs, static sparse at 90% and 98%
-#   EPOCHS=5 SPARSITIES="0.95" scripts/main.sh
+#   scripts/main.sh                 # 20 epochs; static and rigl at 90% and 98%
+#   EPOCHS=5 SPARSITIES="0.95" METHODS="rigl set" scripts/main.sh
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 EPOCHS="${EPOCHS:-20}"
 SPARSITIES="${SPARSITIES:-0.9 0.98}"
+METHODS="${METHODS:-static rigl}"
 DATASET="${DATASET:-fashion-mnist}"
 OUT="${OUT:-out}"
 COMMON=(--dataset "$DATASET" --model mlp:1000,1000,1000 --epochs "$EPOCHS" --batch-size 128
@@ -27,8 +28,10 @@ mkdir -p "$OUT"
 echo "== dense baseline"
 target/release/rewire train "${COMMON[@]}" --method dense --log "$OUT/dense.jsonl"
 for s in $SPARSITIES; do
-    echo "== static sparse at $s"
-    target/release/rewire train "${COMMON[@]}" --method static --sparsity "$s" --log "$OUT/static-$s.jsonl"
+    for m in $METHODS; do
+        echo "== $m at sparsity $s"
+        target/release/rewire train "${COMMON[@]}" --method "$m" --sparsity "$s" --log "$OUT/$m-$s.jsonl"
+    done
 done
 
 echo "== summary (last epoch of each run; epoch time is the mean over epochs)"
