@@ -30,10 +30,46 @@ enum Command {
     /// After each epoch one line: loss, train and test accuracy, epoch time, live weights
     /// and training FLOPs; `--log FILE.jsonl` writes the same as JSON lines.
     Train(Box<TrainArgs>),
+    /// Train dense and each sparse method at each sparsity on the same data and model;
+    /// print a table (test accuracy, Δ vs dense, epoch time, speedup, live weights,
+    /// training FLOPs) and write CSV, JSON and SVG plots of accuracy and epoch time
+    /// against sparsity.
+    Compare(Box<CompareArgs>),
 }
 
 #[derive(clap::Args)]
 struct TrainArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// dense, static (a fixed random sparse pattern), set, or rigl
+    #[arg(long, default_value = "static")]
+    method: String,
+    /// fraction of weights not stored (ignored by --method dense)
+    #[arg(long, default_value_t = 0.9)]
+    sparsity: f64,
+    /// write one JSON line per epoch to this file
+    #[arg(long)]
+    log: Option<std::path::PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct CompareArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// sparse methods to run beside dense (comma separated: static, set, rigl)
+    #[arg(long, value_delimiter = ',', default_value = "static,set,rigl")]
+    methods: Vec<String>,
+    /// sparsities to run each method at (comma separated)
+    #[arg(long, value_delimiter = ',', default_value = "0.9")]
+    sparsities: Vec<f64>,
+    /// folder for compare.csv, compare.json, the plots and one JSON-lines log per run
+    #[arg(long, default_value = "out/compare")]
+    out: std::path::PathBuf,
+}
+
+/// Settings shared by `train` and `compare`.
+#[derive(clap::Args)]
+struct RunArgs {
     /// mnist, fashion-mnist, or synthetic (generated, learnable; needs no files)
     #[arg(long, default_value = "fashion-mnist")]
     dataset: String,
@@ -43,12 +79,6 @@ struct TrainArgs {
     /// model: mlp:W1,W2,... (hidden widths)
     #[arg(long, default_value = "mlp:1000,1000,1000")]
     model: String,
-    /// fraction of weights not stored (ignored by --method dense)
-    #[arg(long, default_value_t = 0.9)]
-    sparsity: f64,
-    /// dense, static (a fixed random sparse pattern), set, or rigl
-    #[arg(long, default_value = "static")]
-    method: String,
     /// steps between rewiring updates (ΔT; set and rigl)
     #[arg(long, default_value_t = 100)]
     delta_t: usize,
@@ -94,9 +124,6 @@ struct TrainArgs {
     /// seed of the pattern, the initial weights, shuffling and dropout
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// write one JSON line per epoch to this file
-    #[arg(long)]
-    log: Option<std::path::PathBuf>,
     /// threads (default: all cores)
     #[arg(long)]
     threads: Option<usize>,
@@ -166,6 +193,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Bench(args) => run_bench(args),
         Command::Train(args) => run_train(*args),
+        Command::Compare(args) => run_compare(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -256,68 +284,77 @@ fn parse_hidden(model: &str) -> rewire::Result<Vec<usize>> {
         .collect()
 }
 
-fn run_train(args: TrainArgs) -> rewire::Result<()> {
-    use rewire::data::{self, Dataset, DatasetName};
-    use rewire::nn::{distribution::Distribution, Activation, Mlp, MlpConfig};
-    use rewire::optim::OptimizerConfig;
-    use rewire::train::{self, JsonlLog, Schedule, TrainConfig};
-
-    let threads = args.threads.unwrap_or_else(rayon::current_num_threads);
+fn thread_pool(run: &RunArgs) -> rewire::Result<(rayon::ThreadPool, usize)> {
+    let threads = run.threads.unwrap_or_else(rayon::current_num_threads);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
         .map_err(|e| rewire::Error::arg("threads", e))?;
-    let (sparsity, rewire_cfg) = if args.method == "dense" {
-        (0.0, None)
+    Ok((pool, threads))
+}
+
+fn load_data(run: &RunArgs) -> rewire::Result<(rewire::data::Dataset, rewire::data::Dataset)> {
+    use rewire::data::{self, Dataset, DatasetName};
+    let (train_set, test_set) = if run.dataset == "synthetic" {
+        Dataset::synthetic(12_000, 784, 10, run.seed).split(10_000)
     } else {
-        let kind = rewire::dst::MethodKind::parse(&args.method)?;
-        let mut rc = rewire::dst::RewireConfig::defaults(kind);
-        rc.delta_t = args.delta_t;
-        rc.drop_fraction = args.drop_fraction;
-        rc.seed = args.seed;
-        if let Some(t) = args.t_end {
-            rc.end_fraction = t;
-        }
-        (
-            args.sparsity,
-            (kind != rewire::dst::MethodKind::Static).then_some(rc),
-        )
-    };
-    let (train_set, test_set) = if args.dataset == "synthetic" {
-        Dataset::synthetic(12_000, 784, 10, args.seed).split(10_000)
-    } else {
-        let name = DatasetName::parse(&args.dataset)?;
-        let splits = data::load(name, &args.data_dir)?;
+        let name = DatasetName::parse(&run.dataset)?;
+        let splits = data::load(name, &run.data_dir)?;
         (splits.train, splits.test)
     };
-    let train_set = match args.train_subset {
+    let train_set = match run.train_subset {
         Some(n) => train_set.subset(n),
         None => train_set,
     };
-    let config = MlpConfig {
-        activation: Activation::parse(&args.activation)?,
-        dropout: args.dropout,
-        sparsity,
-        distribution: Distribution::parse(&args.distribution)?,
-        seed: args.seed,
-        ..MlpConfig::new(
-            train_set.dim,
-            &parse_hidden(&args.model)?,
-            train_set.classes,
-        )
+    Ok((train_set, test_set))
+}
+
+/// The model and training settings of one run of `method` at `sparsity`.
+fn build(
+    run: &RunArgs,
+    method: &str,
+    sparsity: f64,
+    data: &rewire::data::Dataset,
+    threads: usize,
+) -> rewire::Result<(rewire::nn::MlpConfig, rewire::train::TrainConfig)> {
+    use rewire::dst::{MethodKind, RewireConfig};
+    use rewire::nn::{distribution::Distribution, Activation, MlpConfig};
+    use rewire::optim::OptimizerConfig;
+    use rewire::train::{Schedule, TrainConfig};
+
+    let (sparsity, rewire_cfg) = if method == "dense" {
+        (0.0, None)
+    } else {
+        let kind = MethodKind::parse(method)?;
+        let mut rc = RewireConfig::defaults(kind);
+        rc.delta_t = run.delta_t;
+        rc.drop_fraction = run.drop_fraction;
+        rc.seed = run.seed;
+        if let Some(t) = run.t_end {
+            rc.end_fraction = t;
+        }
+        (sparsity, (kind != MethodKind::Static).then_some(rc))
     };
-    let optimizer = match args.optimizer.as_str() {
+    let model = MlpConfig {
+        activation: Activation::parse(&run.activation)?,
+        dropout: run.dropout,
+        sparsity,
+        distribution: Distribution::parse(&run.distribution)?,
+        seed: run.seed,
+        ..MlpConfig::new(data.dim, &parse_hidden(&run.model)?, data.classes)
+    };
+    let optimizer = match run.optimizer.as_str() {
         "sgd" => OptimizerConfig::Sgd {
-            momentum: args.momentum,
-            nesterov: args.nesterov,
-            weight_decay: args.weight_decay,
+            momentum: run.momentum,
+            nesterov: run.nesterov,
+            weight_decay: run.weight_decay,
         },
         "adam" | "adamw" => OptimizerConfig::Adam {
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
-            weight_decay: args.weight_decay,
-            decoupled: args.optimizer == "adamw",
+            weight_decay: run.weight_decay,
+            decoupled: run.optimizer == "adamw",
         },
         other => {
             return Err(rewire::Error::arg(
@@ -327,14 +364,14 @@ fn run_train(args: TrainArgs) -> rewire::Result<()> {
         }
     };
     let cfg = TrainConfig {
-        epochs: args.epochs,
-        batch_size: args.batch_size,
-        lr: args.lr,
-        schedule: Schedule::parse(&args.schedule)?,
+        epochs: run.epochs,
+        batch_size: run.batch_size,
+        lr: run.lr,
+        schedule: Schedule::parse(&run.schedule)?,
         optimizer,
-        seed: args.seed,
-        max_steps: args.max_steps,
-        progress: !args.no_progress,
+        seed: run.seed,
+        max_steps: run.max_steps,
+        progress: !run.no_progress,
         par: if threads > 1 {
             rewire::Par::Rayon(threads)
         } else {
@@ -342,52 +379,140 @@ fn run_train(args: TrainArgs) -> rewire::Result<()> {
         },
         rewire: rewire_cfg,
     };
-    let mut log = args.log.as_deref().map(JsonlLog::create).transpose()?;
-    pool.install(|| {
-        let mut model = Mlp::new(config)?;
+    Ok((model, cfg))
+}
+
+/// Trains one model, printing a header and a line per epoch (and logging them).
+fn run_one(
+    run: &RunArgs,
+    method: &str,
+    sparsity: f64,
+    data: &(rewire::data::Dataset, rewire::data::Dataset),
+    threads: usize,
+    mut log: Option<&mut rewire::train::JsonlLog>,
+) -> rewire::Result<Vec<rewire::train::EpochReport>> {
+    let (train_set, test_set) = data;
+    let (config, cfg) = build(run, method, sparsity, train_set, threads)?;
+    let sparsity = config.sparsity;
+    let mut model = rewire::nn::Mlp::new(config)?;
+    println!(
+        "{} {}: {} · method {} · sparsity {:.4} ({}) · live weights {} of {} · {} train / {} test samples · {} thread(s)",
+        run.dataset,
+        run.model,
+        model.layers.iter().map(|l| format!("{}x{}", l.fan_out, l.fan_in)).collect::<Vec<_>>().join(" "),
+        method,
+        1.0 - model.live_weights() as f64 / model.dense_weights() as f64,
+        run.distribution,
+        model.live_weights(),
+        model.dense_weights(),
+        train_set.n,
+        test_set.n,
+        threads
+    );
+    let epochs = cfg.epochs;
+    rewire::train::train(&mut model, train_set, test_set, &cfg, |r| {
         println!(
-            "{} {}: {} · method {} · sparsity {:.4} ({}) · live weights {} of {} · {} train / {} test samples · {} thread(s)",
-            args.dataset,
-            args.model,
-            model.layers.iter().map(|l| format!("{}x{}", l.fan_out, l.fan_in)).collect::<Vec<_>>().join(" "),
-            args.method,
-            1.0 - model.live_weights() as f64 / model.dense_weights() as f64,
-            args.distribution,
-            model.live_weights(),
-            model.dense_weights(),
-            train_set.n,
-            test_set.n,
-            threads
+            "epoch {:>3}/{epochs}  loss {:.4}  train {:6.2}%  test {:6.2}%  time {:7.2}s  live {} ({:.2}% of dense)  train FLOPs {:.3e}  lr {:.4}  rewired {}",
+            r.epoch,
+            r.loss,
+            100.0 * r.train_acc,
+            100.0 * r.test_acc,
+            r.epoch_s,
+            r.live_weights,
+            100.0 * r.live_weights as f64 / r.dense_weights as f64,
+            r.train_flops,
+            r.lr,
+            r.rewired
         );
-        let epochs = cfg.epochs;
-        train::train(&mut model, &train_set, &test_set, &cfg, |r| {
-            println!(
-                "epoch {:>3}/{epochs}  loss {:.4}  train {:6.2}%  test {:6.2}%  time {:7.2}s  live {} ({:.2}% of dense)  train FLOPs {:.3e}  lr {:.4}  rewired {}",
-                r.epoch,
-                r.loss,
-                100.0 * r.train_acc,
-                100.0 * r.test_acc,
-                r.epoch_s,
-                r.live_weights,
-                100.0 * r.live_weights as f64 / r.dense_weights as f64,
-                r.train_flops,
-                r.lr,
-                r.rewired
-            );
-            if let Some(log) = log.as_mut() {
-                log.write(&serde_json::json!({
-                    "dataset": args.dataset,
-                    "model": args.model,
-                    "method": args.method,
-                    "sparsity": sparsity,
-                    "distribution": args.distribution,
-                    "seed": args.seed,
-                    "threads": threads,
-                    "report": r,
-                }))?;
-            }
-            Ok(())
-        })?;
+        if let Some(log) = log.as_deref_mut() {
+            log.write(&serde_json::json!({
+                "dataset": run.dataset,
+                "model": run.model,
+                "method": method,
+                "sparsity": sparsity,
+                "distribution": run.distribution,
+                "seed": run.seed,
+                "threads": threads,
+                "report": r,
+            }))?;
+        }
         Ok(())
     })
+}
+
+fn run_train(args: TrainArgs) -> rewire::Result<()> {
+    let (pool, threads) = thread_pool(&args.run)?;
+    let data = load_data(&args.run)?;
+    let mut log = args
+        .log
+        .as_deref()
+        .map(rewire::train::JsonlLog::create)
+        .transpose()?;
+    pool.install(|| {
+        run_one(
+            &args.run,
+            &args.method,
+            args.sparsity,
+            &data,
+            threads,
+            log.as_mut(),
+        )
+    })?;
+    Ok(())
+}
+
+fn run_compare(args: CompareArgs) -> rewire::Result<()> {
+    use rewire::train::compare;
+    let (pool, threads) = thread_pool(&args.run)?;
+    let data = load_data(&args.run)?;
+    std::fs::create_dir_all(&args.out).map_err(|e| rewire::Error::io(&args.out, e))?;
+    for m in &args.methods {
+        rewire::dst::MethodKind::parse(m)?; // fail before hours of training, not after
+    }
+    let mut runs = vec![("dense".to_string(), 0.0)];
+    for &s in &args.sparsities {
+        for m in &args.methods {
+            runs.push((m.clone(), s));
+        }
+    }
+    let mut rows = Vec::new();
+    for (k, (method, sparsity)) in runs.iter().enumerate() {
+        println!(
+            "== run {}/{}: {method} at sparsity {sparsity}",
+            k + 1,
+            runs.len()
+        );
+        let log_path = args.out.join(format!("{method}-{sparsity}.jsonl"));
+        let mut log = rewire::train::JsonlLog::create(&log_path)?;
+        let reports =
+            pool.install(|| run_one(&args.run, method, *sparsity, &data, threads, Some(&mut log)))?;
+        rows.push(compare::summarize(method, *sparsity, &reports)?);
+        // rewrite the summaries after every run, so an interrupted comparison keeps them
+        let mut partial = rows.clone();
+        compare::relate_to_dense(&mut partial);
+        compare::write_csv(&args.out.join("compare.csv"), &partial)?;
+        compare::write_json(&args.out.join("compare.json"), &partial)?;
+    }
+    compare::relate_to_dense(&mut rows);
+    println!("\n{}", compare::table(&rows));
+    let title = format!("{} {}", args.run.dataset, args.run.model);
+    compare::plot(
+        &args.out.join("accuracy_vs_sparsity.svg"),
+        &rows,
+        &title,
+        "test accuracy (%)",
+        |r| 100.0 * r.test_acc,
+    )?;
+    compare::plot(
+        &args.out.join("epoch_time_vs_sparsity.svg"),
+        &rows,
+        &title,
+        "epoch time (s)",
+        |r| r.epoch_s,
+    )?;
+    println!(
+        "wrote {0}/compare.csv, {0}/compare.json, {0}/accuracy_vs_sparsity.svg, {0}/epoch_time_vs_sparsity.svg and one log per run",
+        args.out.display()
+    );
+    Ok(())
 }

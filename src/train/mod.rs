@@ -16,6 +16,8 @@ use crate::nn::Mlp;
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::sparse::{seed_rng, SeedRng};
 
+pub mod compare;
+
 /// How the learning rate moves over training.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Schedule {
