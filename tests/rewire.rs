@@ -294,3 +294,41 @@ fn dense_layers_are_not_rewired() {
     assert!(report.rewired > 0);
     assert_eq!(m.params.get(first).value.to_vec(), dense_before);
 }
+
+#[test]
+fn set_keeps_the_size_of_nearly_dense_layers() {
+    let data = Dataset::synthetic(64, 32, 10, 7);
+    let mut m = Mlp::new(MlpConfig {
+        sparsity: 0.6,
+        distribution: Distribution::Erk,
+        seed: 7,
+        ..MlpConfig::new(32, &[64], 10)
+    })
+    .unwrap();
+    // the 10×64 output layer ends up nearly dense but still sparse
+    let last = m.params.get(m.layers[1].weight);
+    assert!(last.pattern().is_some());
+    let free = 640 - last.live();
+    let before = m.live_weights();
+    let mut opt = sgd(&m);
+    let cfg = RewireConfig {
+        delta_t: 1,
+        end_fraction: 1.0,
+        drop_fraction: 0.5,
+        ..RewireConfig::defaults(MethodKind::Set)
+    };
+    let mut rw = Rewirer::new(cfg, 100).unwrap();
+    let mut tape = Tape::new(Par::Seq);
+    step(&mut m, &mut rw, &mut tape, &data, 1);
+    let report = rw.update(1, &mut m, &mut opt, &tape).unwrap();
+    assert!(report.rewired > 0);
+    assert_eq!(
+        m.live_weights(),
+        before,
+        "SET changed the number of live weights"
+    );
+    assert!(
+        free < (0.5 * (640 - free) as f64) as usize,
+        "the test layer should be nearly dense"
+    );
+}

@@ -327,7 +327,8 @@ fn rigl_edit(
 }
 
 /// SET: drop the fraction `zeta` of the smallest positive weights and of the largest
-/// negative weights (zeros too), regrow as many at random positions not live before.
+/// negative weights (zeros too), regrow as many at random positions not live before. A
+/// layer with fewer free positions than that drops only as many (those nearest zero).
 fn set_edit(pattern: &CsrPattern, values: &[f32], zeta: f64, rng: &mut SeedRng) -> Edit {
     let mut pos: Vec<u32> = (0..values.len() as u32)
         .filter(|&p| values[p as usize] > 0.0)
@@ -352,10 +353,16 @@ fn set_edit(pattern: &CsrPattern, values: &[f32], zeta: f64, rng: &mut SeedRng) 
         .copied()
         .chain(zeros)
         .collect();
-    drop.sort_unstable();
     let (out, fan_in) = (pattern.nrows(), pattern.ncols());
     let free = out * fan_in - pattern.nnz();
-    let target = drop.len().min(free);
+    if drop.len() > free {
+        // a nearly dense layer cannot regrow that many elsewhere: drop only the weights
+        // nearest zero, as many as can be regrown, so the layer keeps its size
+        drop.sort_unstable_by(by_mag);
+        drop.truncate(free);
+    }
+    drop.sort_unstable();
+    let target = drop.len();
     let mut chosen: HashSet<(u32, u32)> = HashSet::with_capacity(target);
     let mut grow = Vec::with_capacity(target);
     if free < 4 * target.max(1) {
