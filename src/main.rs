@@ -41,7 +41,7 @@ enum Command {
 struct TrainArgs {
     #[command(flatten)]
     run: RunArgs,
-    /// dense, static (a fixed random sparse pattern), set, or rigl
+    /// dense, static (a fixed random sparse pattern), set, rigl, gmp, prune-finetune
     #[arg(long, default_value = "static")]
     method: String,
     /// fraction of weights not stored (ignored by --method dense)
@@ -56,7 +56,8 @@ struct TrainArgs {
 struct CompareArgs {
     #[command(flatten)]
     run: RunArgs,
-    /// sparse methods to run beside dense (comma separated: static, set, rigl)
+    /// sparse methods to run beside dense (comma separated: static, set, rigl, gmp,
+    /// prune-finetune)
     #[arg(long, value_delimiter = ',', default_value = "static,set,rigl")]
     methods: Vec<String>,
     /// sparsities to run each method at (comma separated)
@@ -333,14 +334,24 @@ fn build(
         if let Some(t) = run.t_end {
             rc.end_fraction = t;
         }
-        (sparsity, (kind != MethodKind::Static).then_some(rc))
+        if kind.is_dense_to_sparse() {
+            // start dense (in sparse storage), prune to the target
+            rc.target_sparsity = sparsity;
+            (0.0, Some(rc))
+        } else {
+            (sparsity, (kind != MethodKind::Static).then_some(rc))
+        }
     };
+    let sparse_storage = rewire_cfg
+        .as_ref()
+        .is_some_and(|r| r.kind.is_dense_to_sparse());
     let model = MlpConfig {
         activation: Activation::parse(&run.activation)?,
         dropout: run.dropout,
         sparsity,
         distribution: Distribution::parse(&run.distribution)?,
         seed: run.seed,
+        sparse_storage,
         ..MlpConfig::new(data.dim, &parse_hidden(&run.model)?, data.classes)
     };
     let optimizer = match run.optimizer.as_str() {

@@ -233,6 +233,7 @@ fn same_seed_same_rewiring() {
 fn schedules() {
     let s = UpdateSchedule {
         delta_t: 100,
+        t_start: 0,
         t_end: 750,
         alpha: 0.3,
         cosine: true,
@@ -330,5 +331,78 @@ fn set_keeps_the_size_of_nearly_dense_layers() {
     assert!(
         free < (0.5 * (640 - free) as f64) as usize,
         "the test layer should be nearly dense"
+    );
+}
+
+fn prune_run(kind: MethodKind) -> (Mlp, Vec<rewire::train::EpochReport>) {
+    use rewire::train::{train, Schedule, TrainConfig};
+    let (tr, te) = Dataset::synthetic(2000, 32, 10, 8).split(1500);
+    let mut m = Mlp::new(MlpConfig {
+        sparse_storage: true,
+        distribution: Distribution::Erk,
+        ..MlpConfig::new(32, &[64, 64], 10)
+    })
+    .unwrap();
+    assert_eq!(m.live_weights(), m.dense_weights());
+    let cfg = TrainConfig {
+        epochs: 6,
+        batch_size: 50,
+        lr: 0.05,
+        schedule: Schedule::Constant,
+        optimizer: OptimizerConfig::Sgd {
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 0.0,
+        },
+        seed: 1,
+        max_steps: None,
+        progress: false,
+        par: Par::Seq,
+        rewire: Some(RewireConfig {
+            delta_t: 10,
+            target_sparsity: 0.9,
+            ..RewireConfig::defaults(kind)
+        }),
+    };
+    let reports = train(&mut m, &tr, &te, &cfg, |_| Ok(())).unwrap();
+    (m, reports)
+}
+
+#[test]
+fn gradual_magnitude_pruning_reaches_the_target_monotonically() {
+    let (m, reports) = prune_run(MethodKind::Gmp);
+    let live: Vec<usize> = reports.iter().map(|r| r.live_weights).collect();
+    assert!(
+        live.windows(2).all(|w| w[1] <= w[0]),
+        "live weights grew: {live:?}"
+    );
+    assert!(
+        live.iter()
+            .filter(|&&l| l < m.dense_weights() && l > live[5])
+            .count()
+            >= 1,
+        "not gradual: {live:?}"
+    );
+    let target = (0.1 * m.dense_weights() as f64).round() as usize;
+    assert!(
+        live[5].abs_diff(target) <= m.layers.len(),
+        "{} vs target {target}",
+        live[5]
+    );
+    assert!(reports.last().unwrap().test_acc > 0.9);
+}
+
+#[test]
+fn prune_then_finetune_prunes_once() {
+    let (m, reports) = prune_run(MethodKind::PruneFinetune);
+    let live: Vec<usize> = reports.iter().map(|r| r.live_weights).collect();
+    let pruned_epochs = reports.iter().filter(|r| r.rewired > 0).count();
+    assert_eq!(pruned_epochs, 1, "{live:?}");
+    assert_eq!(live[0], m.dense_weights());
+    let target = (0.1 * m.dense_weights() as f64).round() as usize;
+    assert!(
+        live[5].abs_diff(target) <= m.layers.len(),
+        "{} vs target {target}",
+        live[5]
     );
 }

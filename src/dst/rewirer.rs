@@ -13,6 +13,7 @@ use crate::cpu::dense::{gemm_ex, Trans};
 use crate::cpu::Accum;
 use crate::dst::{apply_edit, Edit};
 use crate::error::{Error, Result};
+use crate::nn::distribution::layer_densities;
 use crate::nn::{Mlp, ParamShape};
 use crate::optim::Optimizer;
 use crate::sparse::{seed_rng, CsrPattern, SeedRng};
@@ -26,18 +27,24 @@ pub enum MethodKind {
     Set,
     /// Rigged Lottery
     RigL,
+    /// gradual magnitude pruning from dense (Zhu & Gupta 2017, cubic schedule)
+    Gmp,
+    /// train dense, prune by magnitude to the target once, fine-tune
+    PruneFinetune,
 }
 
 impl MethodKind {
-    /// Parses `static`, `set`, `rigl`.
+    /// Parses `static`, `set`, `rigl`, `gmp`, `prune-finetune`.
     pub fn parse(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
             "static" => Ok(MethodKind::Static),
             "set" => Ok(MethodKind::Set),
             "rigl" => Ok(MethodKind::RigL),
+            "gmp" => Ok(MethodKind::Gmp),
+            "prune-finetune" | "ptf" => Ok(MethodKind::PruneFinetune),
             _ => Err(Error::arg(
                 "method",
-                format!("unknown method {s:?} (static, set, rigl)"),
+                format!("unknown method {s:?} (static, set, rigl, gmp, prune-finetune)"),
             )),
         }
     }
@@ -58,19 +65,44 @@ pub struct RewireConfig {
     pub cosine: bool,
     /// seed of random regrowth
     pub seed: u64,
+    /// dense-to-sparse methods: the sparsity to prune to (layers follow the model's
+    /// distribution); the model starts dense (in sparse storage)
+    pub target_sparsity: f64,
+    /// dense-to-sparse methods: first pruning step, as a fraction of training (for
+    /// prune-then-finetune, the one pruning step)
+    pub start_fraction: f64,
+}
+
+impl MethodKind {
+    /// Whether the method starts dense and prunes (no regrowth).
+    pub fn is_dense_to_sparse(self) -> bool {
+        matches!(self, MethodKind::Gmp | MethodKind::PruneFinetune)
+    }
 }
 
 impl RewireConfig {
     /// The published defaults of a method: RigL ΔT = 100, α = 0.3 with cosine decay,
     /// T_end = 75%; SET ζ = 0.3, constant, until the end.
+    ///
+    /// GMP prunes every ΔT steps from 10% to 75% of training; prune-then-finetune prunes
+    /// once at half of training.
     pub fn defaults(kind: MethodKind) -> Self {
         RewireConfig {
             kind,
             delta_t: 100,
             drop_fraction: 0.3,
-            end_fraction: if kind == MethodKind::RigL { 0.75 } else { 1.0 },
+            end_fraction: match kind {
+                MethodKind::RigL | MethodKind::Gmp => 0.75,
+                _ => 1.0,
+            },
             cosine: kind == MethodKind::RigL,
             seed: 0,
+            target_sparsity: 0.0,
+            start_fraction: match kind {
+                MethodKind::Gmp => 0.1,
+                MethodKind::PruneFinetune => 0.5,
+                _ => 0.0,
+            },
         }
     }
 }
@@ -80,6 +112,8 @@ impl RewireConfig {
 pub struct UpdateSchedule {
     /// steps between updates
     pub delta_t: usize,
+    /// no update before this step
+    pub t_start: usize,
     /// no update at or after this step
     pub t_end: usize,
     /// initial drop fraction
@@ -91,7 +125,11 @@ pub struct UpdateSchedule {
 impl UpdateSchedule {
     /// Whether `step` (0-based, counted over the whole run) is an update step.
     pub fn is_update(&self, step: usize) -> bool {
-        self.delta_t > 0 && step > 0 && step.is_multiple_of(self.delta_t) && step < self.t_end
+        self.delta_t > 0
+            && step > 0
+            && step >= self.t_start
+            && step.is_multiple_of(self.delta_t)
+            && step < self.t_end
     }
 
     /// The fraction of each layer's live weights rewired at `step`.
@@ -140,13 +178,32 @@ impl Rewirer {
         if config.kind != MethodKind::Static && config.delta_t == 0 {
             return Err(Error::arg("delta_t", "must be at least 1"));
         }
+        if !(0.0..1.0).contains(&config.target_sparsity) {
+            return Err(Error::arg(
+                "target_sparsity",
+                format!("must lie in [0, 1), got {}", config.target_sparsity),
+            ));
+        }
+        let at = |f: f64| (f * total_steps as f64).round() as usize;
+        let (delta_t, t_start, t_end) = match config.kind {
+            MethodKind::Static => (0, 0, 0),
+            // one update, at the pruning step
+            MethodKind::PruneFinetune => {
+                let t = at(config.start_fraction).max(1);
+                (t, t, t + 1)
+            }
+            // the last scheduled step at or before T_end reaches the target
+            MethodKind::Gmp => (
+                config.delta_t,
+                at(config.start_fraction),
+                at(config.end_fraction) + 1,
+            ),
+            _ => (config.delta_t, 0, at(config.end_fraction)),
+        };
         let schedule = UpdateSchedule {
-            delta_t: if config.kind == MethodKind::Static {
-                0
-            } else {
-                config.delta_t
-            },
-            t_end: (config.end_fraction * total_steps as f64).round() as usize,
+            delta_t,
+            t_start,
+            t_end,
             alpha: config.drop_fraction,
             cosine: config.cosine,
         };
@@ -196,6 +253,15 @@ impl Rewirer {
     ) -> Result<UpdateReport> {
         let fraction = self.schedule.drop_fraction(step);
         let mut report = UpdateReport::default();
+        let final_density = if self.config.kind.is_dense_to_sparse() {
+            layer_densities(
+                model.config.distribution,
+                &model.config.layer_shapes(),
+                self.config.target_sparsity,
+            )?
+        } else {
+            Vec::new()
+        };
         for l in 0..model.layers.len() {
             let id = model.layers[l].weight;
             let param = model.params.get(id);
@@ -203,12 +269,23 @@ impl Rewirer {
                 continue; // dense layers stay dense
             };
             let pattern = pattern.clone();
+            if self.config.kind.is_dense_to_sparse() {
+                let target = pruning_target(&self.schedule, step, &final_density, l, &pattern);
+                if target < pattern.nnz() {
+                    let edit = Edit {
+                        drop: smallest_magnitudes(&param.value, pattern.nnz() - target),
+                        grow: Vec::new(),
+                    };
+                    report.rewired += apply_edit(&mut model.params, opt, id, &edit)?.dropped;
+                }
+                continue;
+            }
             let k = (fraction * pattern.nnz() as f64).round() as usize;
             if k == 0 {
                 continue;
             }
             let edit = match self.config.kind {
-                MethodKind::Static => continue,
+                MethodKind::Static | MethodKind::Gmp | MethodKind::PruneFinetune => continue,
                 MethodKind::Set => set_edit(
                     &pattern,
                     &param.value,
@@ -233,6 +310,32 @@ impl Rewirer {
         }
         Ok(report)
     }
+}
+
+/// Live weights layer `l` keeps after a pruning step: Zhu & Gupta's cubic schedule
+/// s_t = s_f·(1 − (1 − τ)³), τ the progress from the first to the last pruning step,
+/// applied to the layer's final sparsity `1 − final_density[l]`.
+fn pruning_target(
+    schedule: &UpdateSchedule,
+    step: usize,
+    final_density: &[f64],
+    l: usize,
+    pattern: &CsrPattern,
+) -> usize {
+    let size = pattern.nrows() * pattern.ncols();
+    let last = schedule.t_end.saturating_sub(1);
+    // the last update step at or before `last`
+    let last_update = last - last % schedule.delta_t.max(1);
+    // one pruning step (prune-then-finetune): straight to the target
+    let tau = if last_update <= schedule.t_start {
+        1.0
+    } else {
+        let span = (last_update - schedule.t_start) as f64;
+        (step.saturating_sub(schedule.t_start) as f64 / span).clamp(0.0, 1.0)
+    };
+    let final_sparsity = 1.0 - final_density.get(l).copied().unwrap_or(1.0);
+    let sparsity = final_sparsity * (1.0 - (1.0 - tau).powi(3));
+    (((1.0 - sparsity) * size as f64).round() as usize).clamp(1, size)
 }
 
 /// The `k` entries of smallest magnitude (ties: lower index first).

@@ -82,6 +82,9 @@ pub struct MlpConfig {
     pub distribution: Distribution,
     /// seed of the patterns and the initial values
     pub seed: u64,
+    /// store every weight layer sparse, dense ones too (for methods that prune a dense
+    /// start: gradual magnitude pruning, prune-then-finetune)
+    pub sparse_storage: bool,
 }
 
 impl MlpConfig {
@@ -96,6 +99,7 @@ impl MlpConfig {
             sparsity: 0.0,
             distribution: Distribution::Uniform { dense_first: false },
             seed: 0,
+            sparse_storage: false,
         }
     }
 
@@ -164,7 +168,7 @@ impl Mlp {
         for (l, (shape, &k)) in shapes.iter().zip(&nnz).enumerate() {
             let (out, fan_in) = (shape.fan_out, shape.fan_in);
             let size = out * fan_in;
-            let (wshape, live) = if k >= size {
+            let (wshape, live) = if k >= size && !config.sparse_storage {
                 (
                     ParamShape::Dense {
                         rows: out,
