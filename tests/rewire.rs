@@ -406,3 +406,46 @@ fn prune_then_finetune_prunes_once() {
         live[5]
     );
 }
+
+#[test]
+fn dsr_keeps_the_total_and_moves_weights_between_layers() {
+    let data = Dataset::synthetic(64, 32, 10, 9);
+    let mut m = model(9);
+    let mut opt = sgd(&m);
+    let cfg = RewireConfig {
+        delta_t: 1,
+        drop_fraction: 0.2,
+        end_fraction: 1.0,
+        ..RewireConfig::defaults(MethodKind::Dsr)
+    };
+    let mut rw = Rewirer::new(cfg, 1000).unwrap();
+    let mut tape = Tape::new(Par::Seq);
+    let total = m.live_weights();
+    let per_layer = |m: &Mlp| {
+        m.layers
+            .iter()
+            .map(|l| m.params.get(l.weight).live())
+            .collect::<Vec<_>>()
+    };
+    let start = per_layer(&m);
+    let mut moved = false;
+    for s in 1..8 {
+        step(&mut m, &mut rw, &mut tape, &data, s);
+        opt.step(&mut m.params, 0.1).unwrap();
+        step(&mut m, &mut rw, &mut tape, &data, s + 50);
+        let rep = rw.update(s as usize, &mut m, &mut opt, &tape).unwrap();
+        assert!(rep.rewired > 0);
+        assert_eq!(m.live_weights(), total, "DSR changed the total");
+        for p in patterns(&m) {
+            CsrPattern::new(
+                p.nrows(),
+                p.ncols(),
+                p.row_ptr().to_vec(),
+                p.col_idx().to_vec(),
+            )
+            .unwrap();
+        }
+        moved |= per_layer(&m) != start;
+    }
+    assert!(moved, "DSR never reallocated between layers");
+}

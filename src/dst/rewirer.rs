@@ -27,6 +27,9 @@ pub enum MethodKind {
     Set,
     /// Rigged Lottery
     RigL,
+    /// Dynamic Sparse Reparameterization (Mostafa & Wang 2019): one global adaptive
+    /// magnitude threshold, pruned weights reallocated across layers
+    Dsr,
     /// gradual magnitude pruning from dense (Zhu & Gupta 2017, cubic schedule)
     Gmp,
     /// train dense, prune by magnitude to the target once, fine-tune
@@ -40,11 +43,12 @@ impl MethodKind {
             "static" => Ok(MethodKind::Static),
             "set" => Ok(MethodKind::Set),
             "rigl" => Ok(MethodKind::RigL),
+            "dsr" => Ok(MethodKind::Dsr),
             "gmp" => Ok(MethodKind::Gmp),
             "prune-finetune" | "ptf" => Ok(MethodKind::PruneFinetune),
             _ => Err(Error::arg(
                 "method",
-                format!("unknown method {s:?} (static, set, rigl, gmp, prune-finetune)"),
+                format!("unknown method {s:?} (static, set, rigl, dsr, gmp, prune-finetune)"),
             )),
         }
     }
@@ -158,6 +162,8 @@ pub struct Rewirer {
     schedule: UpdateSchedule,
     rng: SeedRng,
     trace: Vec<(Var, Var)>,
+    /// DSR's global magnitude threshold H
+    threshold: Option<f32>,
 }
 
 impl Rewirer {
@@ -213,6 +219,7 @@ impl Rewirer {
             schedule,
             rng,
             trace: Vec::new(),
+            threshold: None,
         })
     }
 
@@ -251,6 +258,9 @@ impl Rewirer {
         opt: &mut Optimizer,
         tape: &Tape,
     ) -> Result<UpdateReport> {
+        if self.config.kind == MethodKind::Dsr {
+            return self.dsr_update(model, opt);
+        }
         let fraction = self.schedule.drop_fraction(step);
         let mut report = UpdateReport::default();
         let final_density = if self.config.kind.is_dense_to_sparse() {
@@ -285,7 +295,10 @@ impl Rewirer {
                 continue;
             }
             let edit = match self.config.kind {
-                MethodKind::Static | MethodKind::Gmp | MethodKind::PruneFinetune => continue,
+                MethodKind::Static
+                | MethodKind::Dsr
+                | MethodKind::Gmp
+                | MethodKind::PruneFinetune => continue,
                 MethodKind::Set => set_edit(
                     &pattern,
                     &param.value,
@@ -310,6 +323,109 @@ impl Rewirer {
         }
         Ok(report)
     }
+
+    /// DSR: prune every weight below the global threshold H, adapt H towards N_p pruned
+    /// weights per update (halve it above 1.1·N_p, double it below 0.9·N_p), and regrow
+    /// as many connections at random, spread over the layers in proportion to their
+    /// surviving weights. The total number of live weights is kept.
+    fn dsr_update(&mut self, model: &mut Mlp, opt: &mut Optimizer) -> Result<UpdateReport> {
+        let layers: Vec<(crate::nn::ParamId, std::sync::Arc<CsrPattern>)> = model
+            .layers
+            .iter()
+            .filter_map(|l| {
+                model
+                    .params
+                    .get(l.weight)
+                    .pattern()
+                    .map(|p| (l.weight, p.clone()))
+            })
+            .collect();
+        let total: usize = layers.iter().map(|(_, p)| p.nnz()).sum();
+        let np = ((self.config.drop_fraction * total as f64).round() as usize).max(1);
+        let h = match self.threshold {
+            Some(h) => h,
+            None => {
+                // start where N_p weights fall below it
+                let mut mags: Vec<f32> = layers
+                    .iter()
+                    .flat_map(|(id, _)| model.params.get(*id).value.iter().map(|v| v.abs()))
+                    .collect();
+                let k = np.min(mags.len().saturating_sub(1));
+                mags.select_nth_unstable_by(k, f32::total_cmp);
+                mags[k]
+            }
+        };
+        let drops: Vec<Vec<u32>> = layers
+            .iter()
+            .map(|(id, _)| {
+                let v = &model.params.get(*id).value;
+                (0..v.len() as u32)
+                    .filter(|&p| v[p as usize].abs() < h)
+                    .collect()
+            })
+            .collect();
+        let pruned: usize = drops.iter().map(Vec::len).sum();
+        self.threshold = Some(if pruned as f64 > 1.1 * np as f64 {
+            h / 2.0
+        } else if (pruned as f64) < 0.9 * np as f64 {
+            h * 2.0
+        } else {
+            h
+        });
+        // reallocate: shares ∝ survivors, capped by each layer's free positions
+        let survivors: Vec<usize> = layers
+            .iter()
+            .zip(&drops)
+            .map(|((_, p), d)| p.nnz() - d.len())
+            .collect();
+        let room: Vec<usize> = layers
+            .iter()
+            .map(|(_, p)| p.nrows() * p.ncols() - p.nnz())
+            .collect();
+        let alloc = allocate(pruned, &survivors, &room);
+        let mut report = UpdateReport::default();
+        for (((id, pattern), drop), n) in layers.iter().zip(drops).zip(alloc) {
+            let grow = random_free(pattern, n, &mut self.rng);
+            let stats = apply_edit(&mut model.params, opt, *id, &Edit { drop, grow })?;
+            report.rewired += stats.dropped;
+        }
+        Ok(report)
+    }
+}
+
+/// Splits `total` over layers in proportion to `weights` (largest remainders), no layer
+/// above its `room`; what a full layer cannot take goes to the others.
+fn allocate(total: usize, weights: &[usize], room: &[usize]) -> Vec<usize> {
+    let mut alloc = vec![0usize; weights.len()];
+    let mut left = total.min(room.iter().sum());
+    while left > 0 {
+        let open: Vec<usize> = (0..weights.len()).filter(|&l| alloc[l] < room[l]).collect();
+        let wsum: usize = open.iter().map(|&l| weights[l].max(1)).sum();
+        let mut given = 0;
+        let mut rema: Vec<(f64, usize)> = Vec::new();
+        for &l in &open {
+            let exact = left as f64 * weights[l].max(1) as f64 / wsum as f64;
+            let take = (exact.floor() as usize).min(room[l] - alloc[l]);
+            alloc[l] += take;
+            given += take;
+            rema.push((exact - exact.floor(), l));
+        }
+        rema.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        for &(_, l) in &rema {
+            if given == left {
+                break;
+            }
+            if alloc[l] < room[l] {
+                alloc[l] += 1;
+                given += 1;
+            }
+        }
+        if given == 0 {
+            break;
+        }
+        left -= given;
+    }
+    alloc
 }
 
 /// Live weights layer `l` keeps after a pruning step: Zhu & Gupta's cubic schedule
@@ -336,6 +452,44 @@ fn pruning_target(
     let final_sparsity = 1.0 - final_density.get(l).copied().unwrap_or(1.0);
     let sparsity = final_sparsity * (1.0 - (1.0 - tau).powi(3));
     (((1.0 - sparsity) * size as f64).round() as usize).clamp(1, size)
+}
+
+/// `count` distinct positions drawn uniformly among those not live in `pattern` (fewer
+/// if fewer are free).
+fn random_free(pattern: &CsrPattern, count: usize, rng: &mut SeedRng) -> Vec<(u32, u32)> {
+    let (out, fan_in) = (pattern.nrows(), pattern.ncols());
+    let free = out * fan_in - pattern.nnz();
+    let target = count.min(free);
+    let mut grow = Vec::with_capacity(target);
+    if free < 4 * target.max(1) {
+        // nearly dense: enumerate the free positions and pick among them
+        let mut all: Vec<(u32, u32)> = Vec::with_capacity(free);
+        for i in 0..out {
+            let row = pattern.row(i);
+            all.extend(
+                (0..fan_in as u32)
+                    .filter(|j| row.binary_search(j).is_err())
+                    .map(|j| (i as u32, j)),
+            );
+        }
+        for t in 0..target {
+            let pick = rng.random_range(t..all.len());
+            all.swap(t, pick);
+        }
+        grow.extend_from_slice(&all[..target]);
+    } else {
+        let mut chosen: HashSet<(u32, u32)> = HashSet::with_capacity(target);
+        while grow.len() < target {
+            let (i, j) = (
+                rng.random_range(0..out) as u32,
+                rng.random_range(0..fan_in) as u32,
+            );
+            if pattern.row(i as usize).binary_search(&j).is_err() && chosen.insert((i, j)) {
+                grow.push((i, j));
+            }
+        }
+    }
+    grow
 }
 
 /// The `k` entries of smallest magnitude (ties: lower index first).
@@ -466,34 +620,6 @@ fn set_edit(pattern: &CsrPattern, values: &[f32], zeta: f64, rng: &mut SeedRng) 
     }
     drop.sort_unstable();
     let target = drop.len();
-    let mut chosen: HashSet<(u32, u32)> = HashSet::with_capacity(target);
-    let mut grow = Vec::with_capacity(target);
-    if free < 4 * target.max(1) {
-        // dense layer: enumerate the free positions and pick among them
-        let mut all: Vec<(u32, u32)> = Vec::with_capacity(free);
-        for i in 0..out {
-            let row = pattern.row(i);
-            all.extend(
-                (0..fan_in as u32)
-                    .filter(|j| row.binary_search(j).is_err())
-                    .map(|j| (i as u32, j)),
-            );
-        }
-        for t in 0..target {
-            let pick = rng.random_range(t..all.len());
-            all.swap(t, pick);
-        }
-        grow.extend_from_slice(&all[..target]);
-    } else {
-        while grow.len() < target {
-            let (i, j) = (
-                rng.random_range(0..out) as u32,
-                rng.random_range(0..fan_in) as u32,
-            );
-            if pattern.row(i as usize).binary_search(&j).is_err() && chosen.insert((i, j)) {
-                grow.push((i, j));
-            }
-        }
-    }
+    let grow = random_free(pattern, target, rng);
     Edit { drop, grow }
 }
