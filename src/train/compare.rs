@@ -70,12 +70,12 @@ pub fn relate_to_dense(rows: &mut [CompareRow]) {
 /// The rows as an aligned text table.
 pub fn table(rows: &[CompareRow]) -> String {
     let mut out = format!(
-        "{:<8} {:>8} {:>9} {:>8} {:>9} {:>8} {:>12} {:>12}\n",
+        "{:<14} {:>8} {:>9} {:>8} {:>9} {:>8} {:>12} {:>12}\n",
         "method", "sparsity", "test acc", "Δ dense", "epoch s", "speedup", "live", "train FLOPs"
     );
     for r in rows {
         out.push_str(&format!(
-            "{:<8} {:>8.3} {:>8.2}% {:>+8.2} {:>9.2} {:>7.2}x {:>12} {:>12.3e}\n",
+            "{:<14} {:>8.3} {:>8.2}% {:>+8.2} {:>9.2} {:>7.2}x {:>12} {:>12.3e}\n",
             r.method,
             r.actual_sparsity,
             100.0 * r.test_acc,
