@@ -515,6 +515,18 @@ fn csr_kernels_large_parallel() {
     }
 }
 
+/// Convolution-shaped products (few rows, `N` = batch·H·W in the thousands) take the
+/// wide-`N` schedule: column panels over threads, SDDMM partial sums in scratch.
+#[test]
+fn csr_kernels_wide_n_panels() {
+    let p = rng_pattern(20, 45, 0.3, 12);
+    for &n in &[7203, 9000] {
+        csr_cases("wide", &p, n, &ALL_MODES, 7000 + n as u64);
+    }
+    let p = pattern_with_empty_rows(12, 30, 13);
+    csr_cases("wide-empty", &p, 12_001, &ALL_MODES, 7100);
+}
+
 /// spmm_t on a clone reuses the cached transpose and still agrees.
 #[test]
 fn spmm_t_after_clone_and_reuse() {

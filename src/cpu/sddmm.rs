@@ -50,6 +50,11 @@ pub fn sddmm(
     }
     let row_ptr = pattern.row_ptr();
     let cols = pattern.col_idx();
+    let nc = super::spmm::wide_panel(k, n);
+    if nc > 0 {
+        sddmm_wide(values, pattern, l, r, n, nc, alpha, accum, par);
+        return Ok(());
+    }
     let work = (pattern.nnz() + m * ROW_COST) * n.max(1);
     let out = SendPtr(values.as_mut_ptr());
     let (lp, rp) = (l.as_ptr() as usize, r.as_ptr() as usize);
@@ -121,6 +126,107 @@ unsafe fn sddmm_rows(
             k0 += kb;
         }
         r0 = r1;
+    }
+}
+
+/// Scratch for the partial sums of the wide-`N` schedule, kept between calls.
+static WIDE_SCRATCH: std::sync::Mutex<Vec<f32>> = std::sync::Mutex::new(Vec::new());
+
+/// The wide-`N` schedule (a convolution's batch·H·W): `N` is split into one contiguous
+/// range per thread, and each range into column panels whose rows of `R` fit L2; every
+/// entry's dot product is summed panel by panel. The first range accumulates into
+/// `values`, the others into scratch that is added at the end, so `R` is read once.
+#[allow(clippy::too_many_arguments)]
+fn sddmm_wide(
+    values: &mut [f32],
+    pattern: &CsrPattern,
+    l: &[f32],
+    r: &[f32],
+    n: usize,
+    nc: usize,
+    alpha: f32,
+    accum: Accum,
+    par: Par,
+) {
+    let nnz = pattern.nnz();
+    let panels = n.div_ceil(nc);
+    let parts = par.threads().min(panels).max(1);
+    let run = |out: *mut f32, q0: usize, q1: usize, first: Accum| {
+        for q in q0..q1 {
+            let span = q * nc..((q + 1) * nc).min(n);
+            let mode = if q == q0 { first } else { Accum::Add(1.0) };
+            // SAFETY: dims checked by the caller; `out` holds `nnz` floats.
+            unsafe {
+                sddmm_panel(
+                    pattern.row_ptr(),
+                    pattern.col_idx(),
+                    l.as_ptr(),
+                    r.as_ptr(),
+                    n,
+                    span,
+                    out,
+                    alpha,
+                    mode,
+                )
+            };
+        }
+    };
+    if parts == 1 {
+        run(values.as_mut_ptr(), 0, panels, accum);
+        return;
+    }
+    let mut guard = WIDE_SCRATCH.lock().unwrap_or_else(|e| e.into_inner());
+    let need = (parts - 1) * nnz;
+    if guard.len() < need {
+        guard.resize(need, 0.0);
+    }
+    let scratch = SendPtr(guard.as_mut_ptr());
+    let out = SendPtr(values.as_mut_ptr());
+    let bounds = |p: usize| p * panels / parts;
+    run_parts(Par::Rayon(parts), parts, |p, _| {
+        let (dst, first) = if p == 0 {
+            (out.get(), accum)
+        } else {
+            // SAFETY: part p owns scratch[(p−1)·nnz .. p·nnz].
+            (unsafe { scratch.get().add((p - 1) * nnz) }, Accum::Replace)
+        };
+        run(dst, bounds(p), bounds(p + 1), first);
+    });
+    for part in guard[..need].chunks(nnz.max(1)) {
+        for (v, &s) in values.iter_mut().zip(part) {
+            *v += s;
+        }
+    }
+}
+
+/// Dot products over the columns `span` of `L` and `R` for every entry of the pattern.
+#[allow(clippy::too_many_arguments)]
+unsafe fn sddmm_panel(
+    row_ptr: &[u32],
+    cols: &[u32],
+    l: *const f32,
+    r: *const f32,
+    n: usize,
+    span: std::ops::Range<usize>,
+    out: *mut f32,
+    alpha: f32,
+    accum: Accum,
+) {
+    let (j0, w) = (span.start, span.end - span.start);
+    for i in 0..row_ptr.len() - 1 {
+        let lrow = l.add(i * n + j0);
+        let (mut p, end) = (row_ptr[i] as usize, row_ptr[i + 1] as usize);
+        while p + LANES <= end {
+            let rrows: [*const f32; LANES] =
+                std::array::from_fn(|g| r.add(*cols.get_unchecked(p + g) as usize * n + j0));
+            finish8(out.add(p), dot8(lrow, rrows, w), alpha, accum);
+            p += LANES;
+        }
+        while p < end {
+            let rrow = r.add(*cols.get_unchecked(p) as usize * n + j0);
+            write(out.add(p), dot_group(lrow, [rrow], w)[0], alpha, accum);
+            p += 1;
+        }
     }
 }
 

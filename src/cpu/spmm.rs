@@ -131,9 +131,34 @@ unsafe fn spmm_driver<E: EntryValues>(
     let row_ptr = pattern.row_ptr();
     // 32-bit gather offsets must reach every row of B and every value.
     let gather_ok = gather_fits(pattern.ncols(), n) && gather_fits(pattern.nnz(), 1);
-    let work = (pattern.nnz() + m * ROW_COST) * n;
     let cp = SendPtr(c.as_mut_ptr());
     let bp = b.as_ptr() as usize;
+    let nc = wide_panel(pattern.ncols(), n);
+    if nc > 0 {
+        // Wide N (a convolution's batch·H·W): column panels of B small enough for L2,
+        // every row of A run against one panel before the next, panels over threads.
+        let panels = n.div_ceil(nc);
+        run_parts(par, panels, |p, parts| {
+            for q in (p * panels / parts)..((p + 1) * panels / parts) {
+                let j0 = q * nc;
+                spmm_rows(
+                    0..m,
+                    row_ptr,
+                    pattern.col_idx(),
+                    val,
+                    bp as *const f32,
+                    n,
+                    j0..(j0 + nc).min(n),
+                    cp.get(),
+                    alpha,
+                    accum,
+                    gather_ok,
+                );
+            }
+        });
+        return;
+    }
+    let work = (pattern.nnz() + m * ROW_COST) * n;
     run_parts(par, work / MIN_TASK_WORK, |p, parts| {
         let r0 = part_start(row_ptr, ROW_COST, p, parts);
         let r1 = part_start(row_ptr, ROW_COST, p + 1, parts);
@@ -144,12 +169,28 @@ unsafe fn spmm_driver<E: EntryValues>(
             val,
             bp as *const f32,
             n,
+            0..n,
             cp.get(),
             alpha,
             accum,
             gather_ok,
         );
     });
+}
+
+/// Bytes of L2 (per core) a panel of `B` may fill.
+const PANEL_L2_BUDGET: usize = 320 * 1024;
+
+/// Width of the column panels of the wide-`N` schedule for `k` rows of `B` of `n` columns,
+/// or 0 where the row schedule is used: a panel is a multiple of 64 columns whose `k`
+/// rows fit [`PANEL_L2_BUDGET`], and there must be at least four of them.
+pub(crate) fn wide_panel(k: usize, n: usize) -> usize {
+    let nc = PANEL_L2_BUDGET / (4 * k.max(1)) / 64 * 64;
+    if nc >= 64 && n >= 4 * nc {
+        nc
+    } else {
+        0
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -161,40 +202,42 @@ unsafe fn spmm_rows<E: EntryValues>(
     val: &E,
     b: *const f32,
     n: usize,
+    span: std::ops::Range<usize>,
     c: *mut f32,
     alpha: f32,
     accum: Accum,
     gather_ok: bool,
 ) {
     let cols = col_idx.as_ptr();
+    let jend = span.end;
     for i in rows {
         let (start, end) = (
             *row_ptr.get_unchecked(i) as usize,
             *row_ptr.get_unchecked(i + 1) as usize,
         );
         let crow = c.add(i * n);
-        let mut j = 0;
-        while j + 64 <= n {
+        let mut j = span.start;
+        while j + 64 <= jend {
             let acc = tile::<8, 1, E>(start, end, cols, val, b, n, j);
             write_tile(crow.add(j), acc, alpha, accum);
             j += 64;
         }
-        if j + 32 <= n {
+        if j + 32 <= jend {
             let acc = tile::<4, 2, E>(start, end, cols, val, b, n, j);
             write_tile(crow.add(j), acc, alpha, accum);
             j += 32;
         }
-        if j + 16 <= n {
+        if j + 16 <= jend {
             let acc = tile::<2, 4, E>(start, end, cols, val, b, n, j);
             write_tile(crow.add(j), acc, alpha, accum);
             j += 16;
         }
-        if j + 8 <= n {
+        if j + 8 <= jend {
             let acc = tile::<1, 4, E>(start, end, cols, val, b, n, j);
             write_tile(crow.add(j), acc, alpha, accum);
             j += 8;
         }
-        while j < n {
+        while j < jend {
             let acc = column(start, end, cols, val, b, n, j, gather_ok);
             finish1(&mut *crow.add(j), acc, alpha, accum);
             j += 1;
