@@ -77,7 +77,12 @@ fn close(analytic: f32, numeric: f64, what: &str) {
 
 /// Compares analytic gradients of every parameter value and every input entry with
 /// central differences.
-fn check(build: &Build, mut params: ParamStore, x: Vec<f32>, rows: usize) {
+fn check(build: &Build, params: ParamStore, x: Vec<f32>, rows: usize) {
+    check_step(build, params, x, rows, 1e-2);
+}
+
+/// [`check`] with difference step `h` (smaller for strongly curved losses).
+fn check_step(build: &Build, mut params: ParamStore, x: Vec<f32>, rows: usize, h: f32) {
     let mut tape = Tape::new(Par::Seq);
     let xv = tape.input(&x, rows, BATCH, true).unwrap();
     let logits = build(&mut tape, &params, xv).unwrap();
@@ -85,7 +90,6 @@ fn check(build: &Build, mut params: ParamStore, x: Vec<f32>, rows: usize) {
     params.zero_grad();
     tape.backward(l, &mut params).unwrap();
     let dx = tape.grad(xv).expect("input gradient").to_vec();
-    let h = 1e-2f32;
     let ids: Vec<ParamId> = params.iter().map(|(id, _)| id).collect();
     let mut checked = 0;
     for id in ids {
@@ -356,4 +360,250 @@ fn fused_bias_activation_matches_separate_ops() {
         .bias_act(&params, z1, b, rewire::autograd::Act::LeakyRelu(-0.5))
         .unwrap_err();
     assert!(err.to_string().contains("slope"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------
+// convolution-network ops
+// ---------------------------------------------------------------------------------------
+
+use rewire::autograd::{Conv2dGeom, Pool2dGeom, PoolKind};
+
+/// Input images `[C][H][W][B]` for the convolution checks.
+const C_IN: usize = 2;
+const SIDE: usize = 5;
+
+/// im2col → `W` (`out × C·kh·kw`, sparse or dense) → bias → flatten → dense head.
+fn conv_case(geom: Conv2dGeom, out: usize, sparse_nnz: Option<usize>, seed: u64) {
+    let mut rng = seed_rng(seed);
+    let mut params = ParamStore::new();
+    let w = params.add(match sparse_nnz {
+        Some(nnz) => sparse_param(out, geom.patch_len(), nnz, &mut rng),
+        None => dense_param(out, geom.patch_len(), &mut rng),
+    });
+    let b = params.add(bias_param(out, &mut rng));
+    let flat = out * geom.out_h() * geom.out_w();
+    let head = params.add(dense_param(CLASSES, flat, &mut rng));
+    let rows = C_IN * SIDE * SIDE;
+    let x = input(rows, &mut rng);
+    check(
+        &move |t, p, x| {
+            let col = t.im2col(x, geom)?;
+            let z = t.linear(p, col, w)?;
+            let z = t.bias_add(p, z, b)?;
+            let f = t.reshape(z, flat, BATCH)?;
+            t.linear(p, f, head)
+        },
+        params,
+        x,
+        rows,
+    );
+}
+
+fn geom(k: usize, stride: usize, pad: usize) -> Conv2dGeom {
+    Conv2dGeom {
+        channels: C_IN,
+        h: SIDE,
+        w: SIDE,
+        kh: k,
+        kw: k,
+        stride,
+        pad,
+    }
+}
+
+#[test]
+fn conv_dense_gradients_padded() {
+    conv_case(geom(3, 1, 1), 3, None, 40);
+}
+
+#[test]
+fn conv_sparse_gradients_strided() {
+    conv_case(geom(3, 2, 1), 3, Some(20), 41);
+}
+
+#[test]
+fn conv_sparse_gradients_no_padding_rectangular() {
+    let g = Conv2dGeom {
+        kh: 2,
+        kw: 3,
+        ..geom(3, 1, 0)
+    };
+    conv_case(g, 4, Some(9), 42);
+}
+
+fn pool_case(kind: PoolKind, k: usize, stride: usize, seed: u64) {
+    let mut rng = seed_rng(seed);
+    let mut params = ParamStore::new();
+    let pg = Pool2dGeom {
+        channels: C_IN,
+        h: SIDE,
+        w: SIDE,
+        k,
+        stride,
+    };
+    let flat = C_IN * pg.out_h() * pg.out_w();
+    let head = params.add(dense_param(CLASSES, flat, &mut rng));
+    let rows = C_IN * SIDE * SIDE;
+    // distinct values, so that no window has a tie a step of h could flip
+    let mut x: Vec<f32> = (0..rows * BATCH).map(|i| i as f32 * 0.05 - 3.0).collect();
+    for i in (1..x.len()).rev() {
+        x.swap(i, rng.random_range(0..=i));
+    }
+    check(
+        &move |t, p, x| {
+            let y = t.pool2d(x, pg, kind)?;
+            let f = t.reshape(y, flat, BATCH)?;
+            t.linear(p, f, head)
+        },
+        params,
+        x,
+        rows,
+    );
+}
+
+#[test]
+fn max_pool_gradients() {
+    pool_case(PoolKind::Max, 2, 2, 43);
+}
+
+#[test]
+fn max_pool_overlapping_windows_gradients() {
+    pool_case(PoolKind::Max, 3, 2, 44);
+}
+
+#[test]
+fn avg_pool_gradients() {
+    pool_case(PoolKind::Avg, 2, 1, 45);
+}
+
+fn batch_norm_case(eval: bool, seed: u64) {
+    let mut rng = seed_rng(seed);
+    let mut params = ParamStore::new();
+    let gamma = params.add(bias_param(HID, &mut rng));
+    let beta = params.add(bias_param(HID, &mut rng));
+    let w = params.add(dense_param(HID, IN, &mut rng));
+    let head = params.add(dense_param(CLASSES, HID, &mut rng));
+    let x = input(IN, &mut rng);
+    let mean = rand_vec(HID, &mut rng, 0.5);
+    let var: Vec<f32> = rand_vec(HID, &mut rng, 0.5)
+        .iter()
+        .map(|v| v + 1.0)
+        .collect();
+    // normalising by the statistics of five samples curves the loss sharply: small step
+    check_step(
+        &move |t, p, x| {
+            let z = t.linear(p, x, w)?;
+            let running = eval.then_some((&mean[..], &var[..]));
+            let y = t.batch_norm(p, z, gamma, beta, 1e-5, running)?;
+            t.linear(p, y, head)
+        },
+        params,
+        x,
+        IN,
+        3e-3,
+    );
+}
+
+#[test]
+fn batch_norm_training_gradients() {
+    batch_norm_case(false, 46);
+}
+
+#[test]
+fn batch_norm_eval_gradients() {
+    batch_norm_case(true, 47);
+}
+
+#[test]
+fn batch_norm_normalises_and_reports_stats() {
+    let mut params = ParamStore::new();
+    let gamma = params.add(
+        Param::new(
+            "g",
+            ParamShape::Vector { len: 2 },
+            aligned_from_slice(&[1.0, 1.0]),
+            false,
+        )
+        .unwrap(),
+    );
+    let beta = params.add(
+        Param::new(
+            "b",
+            ParamShape::Vector { len: 2 },
+            aligned_from_slice(&[0.0, 0.0]),
+            false,
+        )
+        .unwrap(),
+    );
+    let mut tape = Tape::new(Par::Seq);
+    let x = tape
+        .input(&[1.0, 2.0, 3.0, 4.0, 10.0, 10.0, 10.0, 14.0], 2, 4, false)
+        .unwrap();
+    let y = tape
+        .batch_norm(&params, x, gamma, beta, 1e-5, None)
+        .unwrap();
+    let (mean, var) = tape.batch_norm_stats(y).unwrap();
+    assert_eq!(mean, &[2.5, 11.0]);
+    assert_eq!(var, &[1.25, 3.0]);
+    let row0 = &tape.value(y)[..4];
+    let m: f32 = row0.iter().sum::<f32>() / 4.0;
+    let v: f32 = row0.iter().map(|a| (a - m) * (a - m)).sum::<f32>() / 4.0;
+    assert!(m.abs() < 1e-6 && (v - 1.0).abs() < 1e-4, "mean {m} var {v}");
+}
+
+#[test]
+fn im2col_places_patches_and_padding() {
+    // one 1×3×3 image, batch 2 (sample 1 = 10 × sample 0), 2×2 kernel, pad 1, stride 2
+    let img: Vec<f32> = (1..=9).flat_map(|v| [v as f32, 10.0 * v as f32]).collect();
+    let mut tape = Tape::new(Par::Seq);
+    let x = tape.input(&img, 9, 2, false).unwrap();
+    let g = Conv2dGeom {
+        channels: 1,
+        h: 3,
+        w: 3,
+        kh: 2,
+        kw: 2,
+        stride: 2,
+        pad: 1,
+    };
+    let col = tape.im2col(x, g).unwrap();
+    assert_eq!(tape.dims(col), (4, 2 * 2 * 2));
+    // kernel offset (0, 0) over output (0,0), (0,1), (1,0), (1,1): padded, padded, padded, 5
+    let row0: Vec<f32> = tape.value(col)[..8].to_vec();
+    assert_eq!(row0, vec![0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 5.0, 50.0]);
+    // kernel offset (1, 1): pixels 1, 3, 7, 9
+    let row3: Vec<f32> = tape.value(col)[24..32].to_vec();
+    assert_eq!(row3, vec![1.0, 10.0, 3.0, 30.0, 7.0, 70.0, 9.0, 90.0]);
+}
+
+#[test]
+fn conv_ops_reject_bad_geometry() {
+    let mut tape = Tape::new(Par::Seq);
+    let x = tape.input(&[0.0; 18], 9, 2, false).unwrap();
+    let too_big = Conv2dGeom {
+        channels: 1,
+        h: 3,
+        w: 3,
+        kh: 5,
+        kw: 5,
+        stride: 1,
+        pad: 0,
+    };
+    assert!(tape.im2col(x, too_big).is_err());
+    let wrong_channels = Conv2dGeom {
+        channels: 4,
+        kh: 1,
+        kw: 1,
+        ..too_big
+    };
+    assert!(tape.im2col(x, wrong_channels).is_err());
+    let pool = Pool2dGeom {
+        channels: 1,
+        h: 3,
+        w: 3,
+        k: 0,
+        stride: 1,
+    };
+    assert!(tape.pool2d(x, pool, PoolKind::Max).is_err());
+    assert!(tape.reshape(x, 4, 4).is_err());
 }

@@ -11,6 +11,9 @@
 
 use std::collections::HashMap;
 
+mod conv;
+pub use conv::{Conv2dGeom, Pool2dGeom, PoolKind};
+
 use rand::RngExt;
 
 use crate::cpu::dense::{gemm_ex, Trans};
@@ -128,6 +131,39 @@ pub enum Op {
     Dropout(Var),
     /// mean over the batch of `−log softmax(logits)[label]` (a `1 × 1` node)
     SoftmaxCrossEntropy(Var),
+    /// the im2col matrix of an image batch for a convolution
+    Im2col {
+        /// input `[C][H][W][B]`
+        x: Var,
+        /// the convolution
+        geom: Conv2dGeom,
+        /// images in the batch
+        batch: usize,
+    },
+    /// max or average pooling (the arg-max window offsets kept in `aux`)
+    Pool2d {
+        /// input `[C][H][W][B]`
+        x: Var,
+        /// the window
+        geom: Pool2dGeom,
+        /// images in the batch
+        batch: usize,
+        /// max or average
+        kind: PoolKind,
+    },
+    /// the same values with other dimensions (flatten)
+    Reshape(Var),
+    /// batch normalisation of each row (x̂ kept in `aux`; mean, variance, 1/σ in `stats`)
+    BatchNorm {
+        /// input `[channels × values]`
+        x: Var,
+        /// scale `[channels]`
+        gamma: ParamId,
+        /// shift `[channels]`
+        beta: ParamId,
+        /// whether the statistics were the batch's (else running ones)
+        train: bool,
+    },
 }
 
 struct Node {
@@ -138,6 +174,8 @@ struct Node {
     /// dropout mask, or softmax probabilities
     aux: Option<AlignedVec>,
     labels: Vec<u32>,
+    /// per-row statistics (batch norm)
+    stats: Vec<f32>,
     op: Op,
     requires_grad: bool,
 }
@@ -230,6 +268,7 @@ impl Tape {
             grad: None,
             aux: None,
             labels: Vec::new(),
+            stats: Vec::new(),
             op,
             requires_grad,
         });
@@ -732,6 +771,29 @@ impl Tape {
                 let mask = self.nodes[i].aux.as_ref().expect("dropout keeps its mask");
                 zip_map(par, &mut g, mask, |gv, m| gv * m);
                 Ok(self.contribute(x, g))
+            }
+            Op::Im2col { x, geom, batch } => {
+                self.im2col_backward(x, geom, batch, &g);
+                Ok(Some(g))
+            }
+            Op::Pool2d {
+                x,
+                geom,
+                batch,
+                kind,
+            } => {
+                self.pool2d_backward(i, x, geom, batch, kind, &g);
+                Ok(Some(g))
+            }
+            Op::Reshape(x) => Ok(self.contribute(x, g)),
+            Op::BatchNorm {
+                x,
+                gamma,
+                beta,
+                train,
+            } => {
+                self.batch_norm_backward(i, x, gamma, beta, train, &g, params);
+                Ok(Some(g))
             }
             Op::SoftmaxCrossEntropy(logits) => {
                 if let Some((mut dx, mode)) = self.grad_target(logits) {
