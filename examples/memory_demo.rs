@@ -11,7 +11,7 @@ use rand::RngExt;
 use rewire::autograd::Tape;
 use rewire::cpu::Par;
 use rewire::nn::distribution::Distribution;
-use rewire::nn::{Mlp, MlpConfig};
+use rewire::nn::{Mlp, MlpConfig, Model};
 use rewire::optim::{Optimizer, OptimizerConfig};
 use rewire::sparse::seed_rng;
 

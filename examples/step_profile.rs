@@ -7,7 +7,7 @@
 use rand::RngExt;
 use rewire::autograd::Tape;
 use rewire::cpu::Par;
-use rewire::nn::{Mlp, MlpConfig};
+use rewire::nn::{Mlp, MlpConfig, Model};
 use rewire::optim::{Optimizer, OptimizerConfig};
 use rewire::sparse::seed_rng;
 use std::time::Instant;

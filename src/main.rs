@@ -77,7 +77,8 @@ struct RunArgs {
     /// where the datasets live (scripts/fetch-data.sh puts them there)
     #[arg(long, default_value = "data")]
     data_dir: std::path::PathBuf,
-    /// model: mlp:W1,W2,... (hidden widths)
+    /// model: mlp:W1,W2,... (hidden widths), lenet5 (LeNet-5, Caffe variant) or vgg-small
+    /// (a small VGG-style CNN with batch norm)
     #[arg(long, default_value = "mlp:1000,1000,1000")]
     model: String,
     /// steps between rewiring updates (ΔT; set and rigl)
@@ -310,6 +311,21 @@ fn load_data(run: &RunArgs) -> rewire::Result<(rewire::data::Dataset, rewire::da
     Ok((train_set, test_set))
 }
 
+/// A model to build: an MLP or a CNN.
+enum ModelSpec {
+    Mlp(rewire::nn::MlpConfig),
+    Cnn(rewire::nn::CnnConfig),
+}
+
+impl ModelSpec {
+    fn build(self) -> rewire::Result<Box<dyn rewire::nn::Model>> {
+        Ok(match self {
+            ModelSpec::Mlp(c) => Box::new(rewire::nn::Mlp::new(c)?),
+            ModelSpec::Cnn(c) => Box::new(rewire::nn::Cnn::new(c)?),
+        })
+    }
+}
+
 /// The model and training settings of one run of `method` at `sparsity`.
 fn build(
     run: &RunArgs,
@@ -317,9 +333,9 @@ fn build(
     sparsity: f64,
     data: &rewire::data::Dataset,
     threads: usize,
-) -> rewire::Result<(rewire::nn::MlpConfig, rewire::train::TrainConfig)> {
+) -> rewire::Result<(ModelSpec, rewire::train::TrainConfig)> {
     use rewire::dst::{MethodKind, RewireConfig};
-    use rewire::nn::{distribution::Distribution, Activation, MlpConfig};
+    use rewire::nn::{distribution::Distribution, Activation, CnnConfig, MlpConfig};
     use rewire::optim::OptimizerConfig;
     use rewire::train::{Schedule, TrainConfig};
 
@@ -345,14 +361,40 @@ fn build(
     let sparse_storage = rewire_cfg
         .as_ref()
         .is_some_and(|r| r.kind.is_dense_to_sparse());
-    let model = MlpConfig {
-        activation: Activation::parse(&run.activation)?,
-        dropout: run.dropout,
-        sparsity,
-        distribution: Distribution::parse(&run.distribution)?,
-        seed: run.seed,
-        sparse_storage,
-        ..MlpConfig::new(data.dim, &parse_hidden(&run.model)?, data.classes)
+    let (activation, distribution) = (
+        Activation::parse(&run.activation)?,
+        Distribution::parse(&run.distribution)?,
+    );
+    let model = if run.model.starts_with("mlp:") {
+        ModelSpec::Mlp(MlpConfig {
+            activation,
+            dropout: run.dropout,
+            sparsity,
+            distribution,
+            seed: run.seed,
+            sparse_storage,
+            ..MlpConfig::new(data.dim, &parse_hidden(&run.model)?, data.classes)
+        })
+    } else {
+        let side = (data.dim as f64).sqrt().round() as usize;
+        if side * side != data.dim {
+            return Err(rewire::Error::arg(
+                "model",
+                format!(
+                    "{} needs square one-channel images; the data has {} features",
+                    run.model, data.dim
+                ),
+            ));
+        }
+        ModelSpec::Cnn(CnnConfig {
+            activation,
+            dropout: run.dropout,
+            sparsity,
+            distribution,
+            seed: run.seed,
+            sparse_storage,
+            ..CnnConfig::named(&run.model, [1, side, side], data.classes)?
+        })
     };
     let optimizer = match run.optimizer.as_str() {
         "sgd" => OptimizerConfig::Sgd {
@@ -404,13 +446,25 @@ fn run_one(
 ) -> rewire::Result<Vec<rewire::train::EpochReport>> {
     let (train_set, test_set) = data;
     let (config, cfg) = build(run, method, sparsity, train_set, threads)?;
-    let sparsity = config.sparsity;
-    let mut model = rewire::nn::Mlp::new(config)?;
+    let sparsity = match &config {
+        ModelSpec::Mlp(c) => c.sparsity,
+        ModelSpec::Cnn(c) => c.sparsity,
+    };
+    let mut model = config.build()?;
+    let layers = model
+        .weight_layers()
+        .iter()
+        .map(|l| match (l.shape.kh, l.shape.kw) {
+            (1, 1) => format!("{}x{}", l.shape.fan_out, l.shape.fan_in),
+            (kh, kw) => format!("{}x{}x{kh}x{kw}", l.shape.fan_out, l.shape.fan_in),
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
     println!(
         "{} {}: {} · method {} · sparsity {:.4} ({}) · live weights {} of {} · {} train / {} test samples · {} thread(s)",
         run.dataset,
         run.model,
-        model.layers.iter().map(|l| format!("{}x{}", l.fan_out, l.fan_in)).collect::<Vec<_>>().join(" "),
+        layers,
         method,
         1.0 - model.live_weights() as f64 / model.dense_weights() as f64,
         run.distribution,
@@ -421,7 +475,7 @@ fn run_one(
         threads
     );
     let epochs = cfg.epochs;
-    rewire::train::train(&mut model, train_set, test_set, &cfg, |r| {
+    rewire::train::train(model.as_mut(), train_set, test_set, &cfg, |r| {
         println!(
             "epoch {:>3}/{epochs}  loss {:.4}  train {:6.2}%  test {:6.2}%  time {:7.2}s  live {} ({:.2}% of dense)  train FLOPs {:.3e}  lr {:.4}  rewired {}",
             r.epoch,

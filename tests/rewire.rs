@@ -8,7 +8,7 @@ use rewire::cpu::Par;
 use rewire::data::Dataset;
 use rewire::dst::{MethodKind, RewireConfig, Rewirer, UpdateSchedule};
 use rewire::nn::distribution::Distribution;
-use rewire::nn::{Mlp, MlpConfig, ParamShape};
+use rewire::nn::{Mlp, MlpConfig, Model, ParamShape};
 use rewire::optim::{Optimizer, OptimizerConfig};
 use rewire::sparse::{seed_rng, CsrPattern};
 

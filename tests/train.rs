@@ -4,7 +4,7 @@
 use rewire::cpu::Par;
 use rewire::data::Dataset;
 use rewire::nn::distribution::Distribution;
-use rewire::nn::{Mlp, MlpConfig};
+use rewire::nn::{Mlp, MlpConfig, Model};
 use rewire::optim::OptimizerConfig;
 use rewire::train::{train, Schedule, TrainConfig};
 

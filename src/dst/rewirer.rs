@@ -1,4 +1,4 @@
-//! Rewiring methods for [`Mlp`] sparse layers: static (never rewires), SET (Mocanu et al.
+//! Rewiring methods for the sparse weight layers of a [`Model`]: static (never rewires), SET (Mocanu et al.
 //! 2018: drop the weights nearest zero on both signs, regrow at random) and RigL (Evci
 //! et al. 2020: drop the smallest magnitudes, regrow where the dense gradient of the
 //! current minibatch is largest), on a schedule of update interval ΔT, drop fraction α
@@ -14,7 +14,7 @@ use crate::cpu::Accum;
 use crate::dst::{apply_edit, Edit};
 use crate::error::{Error, Result};
 use crate::nn::distribution::layer_densities;
-use crate::nn::{Mlp, ParamShape};
+use crate::nn::{Model, ParamId, ParamShape};
 use crate::optim::Optimizer;
 use crate::sparse::{seed_rng, CsrPattern, SeedRng};
 
@@ -243,7 +243,7 @@ impl Rewirer {
         self.config.kind == MethodKind::RigL && self.is_update(step)
     }
 
-    /// The trace buffer to pass to [`Mlp::forward_traced`] at a step that needs it.
+    /// The trace buffer to pass to [`Model::forward_traced`] at a step that needs it.
     pub fn trace_mut(&mut self) -> &mut Vec<(Var, Var)> {
         &mut self.trace
     }
@@ -254,7 +254,7 @@ impl Rewirer {
     pub fn update(
         &mut self,
         step: usize,
-        model: &mut Mlp,
+        model: &mut dyn Model,
         opt: &mut Optimizer,
         tape: &Tape,
     ) -> Result<UpdateReport> {
@@ -265,16 +265,16 @@ impl Rewirer {
         let mut report = UpdateReport::default();
         let final_density = if self.config.kind.is_dense_to_sparse() {
             layer_densities(
-                model.config.distribution,
-                &model.config.layer_shapes(),
+                model.distribution(),
+                &model.layer_shapes(),
                 self.config.target_sparsity,
             )?
         } else {
             Vec::new()
         };
-        for l in 0..model.layers.len() {
-            let id = model.layers[l].weight;
-            let param = model.params.get(id);
+        for (l, layer) in model.weight_layers().iter().enumerate() {
+            let id = layer.weight;
+            let param = model.params().get(id);
             let ParamShape::Sparse { pattern } = &param.shape else {
                 continue; // dense layers stay dense
             };
@@ -286,7 +286,7 @@ impl Rewirer {
                         drop: smallest_magnitudes(&param.value, pattern.nnz() - target),
                         grow: Vec::new(),
                     };
-                    report.rewired += apply_edit(&mut model.params, opt, id, &edit)?.dropped;
+                    report.rewired += apply_edit(model.params_mut(), opt, id, &edit)?.dropped;
                 }
                 continue;
             }
@@ -318,7 +318,7 @@ impl Rewirer {
                     rigl_edit(&pattern, &param.value, k, dz, tape.value(x), n, tape)?
                 }
             };
-            let stats = apply_edit(&mut model.params, opt, id, &edit)?;
+            let stats = apply_edit(model.params_mut(), opt, id, &edit)?;
             report.rewired += stats.dropped;
         }
         Ok(report)
@@ -328,13 +328,13 @@ impl Rewirer {
     /// weights per update (halve it above 1.1·N_p, double it below 0.9·N_p), and regrow
     /// as many connections at random, spread over the layers in proportion to their
     /// surviving weights. The total number of live weights is kept.
-    fn dsr_update(&mut self, model: &mut Mlp, opt: &mut Optimizer) -> Result<UpdateReport> {
-        let layers: Vec<(crate::nn::ParamId, std::sync::Arc<CsrPattern>)> = model
-            .layers
+    fn dsr_update(&mut self, model: &mut dyn Model, opt: &mut Optimizer) -> Result<UpdateReport> {
+        let layers: Vec<(ParamId, std::sync::Arc<CsrPattern>)> = model
+            .weight_layers()
             .iter()
             .filter_map(|l| {
                 model
-                    .params
+                    .params()
                     .get(l.weight)
                     .pattern()
                     .map(|p| (l.weight, p.clone()))
@@ -348,7 +348,7 @@ impl Rewirer {
                 // start where N_p weights fall below it
                 let mut mags: Vec<f32> = layers
                     .iter()
-                    .flat_map(|(id, _)| model.params.get(*id).value.iter().map(|v| v.abs()))
+                    .flat_map(|(id, _)| model.params().get(*id).value.iter().map(|v| v.abs()))
                     .collect();
                 let k = np.min(mags.len().saturating_sub(1));
                 mags.select_nth_unstable_by(k, f32::total_cmp);
@@ -358,7 +358,7 @@ impl Rewirer {
         let drops: Vec<Vec<u32>> = layers
             .iter()
             .map(|(id, _)| {
-                let v = &model.params.get(*id).value;
+                let v = &model.params().get(*id).value;
                 (0..v.len() as u32)
                     .filter(|&p| v[p as usize].abs() < h)
                     .collect()
@@ -386,7 +386,7 @@ impl Rewirer {
         let mut report = UpdateReport::default();
         for (((id, pattern), drop), n) in layers.iter().zip(drops).zip(alloc) {
             let grow = random_free(pattern, n, &mut self.rng);
-            let stats = apply_edit(&mut model.params, opt, *id, &Edit { drop, grow })?;
+            let stats = apply_edit(model.params_mut(), opt, *id, &Edit { drop, grow })?;
             report.rewired += stats.dropped;
         }
         Ok(report)

@@ -1,15 +1,12 @@
 //! Multi-layer perceptrons whose weight layers are dense or sparse at a density given by
 //! a layer [`Distribution`], initialised for their live fan-in.
 
-use std::sync::Arc;
-
-use rand::RngExt;
-
 use crate::autograd::{Act, Tape, Var};
 use crate::error::{Error, Result};
 use crate::nn::distribution::{layer_densities, layer_nnz, Distribution, LayerShape};
-use crate::nn::{Param, ParamId, ParamShape, ParamStore};
-use crate::sparse::{aligned_zeros, seed_rng, CsrPattern, SeedRng};
+use crate::nn::model::{new_vector, new_weight, Model, WeightLayer};
+use crate::nn::{ParamId, ParamStore};
+use crate::sparse::{seed_rng, SeedRng};
 
 /// The nonlinearity between layers.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -43,7 +40,7 @@ impl Activation {
     }
 
     /// Gain of the uniform initialisation (He for ReLU-like, 5/3 for tanh, 1 for sigmoid).
-    fn gain(self) -> f32 {
+    pub(crate) fn gain(self) -> f32 {
         match self {
             Activation::Relu => 2f32.sqrt(),
             Activation::LeakyRelu(a) => (2.0 / (1.0 + a * a)).sqrt(),
@@ -53,7 +50,7 @@ impl Activation {
     }
 
     /// The fused autograd form.
-    fn act(self) -> Act {
+    pub(crate) fn act(self) -> Act {
         match self {
             Activation::Relu => Act::Relu,
             Activation::LeakyRelu(a) => Act::LeakyRelu(a),
@@ -167,47 +164,15 @@ impl Mlp {
         let last = shapes.len() - 1;
         for (l, (shape, &k)) in shapes.iter().zip(&nnz).enumerate() {
             let (out, fan_in) = (shape.fan_out, shape.fan_in);
-            let size = out * fan_in;
-            let (wshape, live) = if k >= size && !config.sparse_storage {
-                (
-                    ParamShape::Dense {
-                        rows: out,
-                        cols: fan_in,
-                    },
-                    size,
-                )
-            } else {
-                let pattern = CsrPattern::random(out, fan_in, k, &mut rng)?;
-                (
-                    ParamShape::Sparse {
-                        pattern: Arc::new(pattern),
-                    },
-                    k,
-                )
-            };
             let gain = if l == last {
                 1.0
             } else {
                 config.activation.gain()
             };
-            let fan_in_live = (live as f32 / out as f32).max(1.0);
-            let bound = gain * (3.0 / fan_in_live).sqrt();
-            let mut value = aligned_zeros(live);
-            for v in value.iter_mut() {
-                *v = rng.random_range(-bound..bound);
-            }
-            let weight = params.add(Param::new(
-                format!("fc{}.weight", l + 1),
-                wshape,
-                value,
-                true,
-            )?);
-            let bias = params.add(Param::new(
-                format!("fc{}.bias", l + 1),
-                ParamShape::Vector { len: out },
-                aligned_zeros(out),
-                false,
-            )?);
+            let name = format!("fc{}.weight", l + 1);
+            let w = new_weight(name, out, fan_in, k, config.sparse_storage, gain, &mut rng)?;
+            let weight = params.add(w);
+            let bias = params.add(new_vector(format!("fc{}.bias", l + 1), out, 0.0)?);
             layers.push(Layer {
                 weight,
                 bias,
@@ -221,16 +186,37 @@ impl Mlp {
             config,
         })
     }
+}
 
-    /// Records the forward pass of `x` (`[inputs × batch]`) on `tape` and returns the
-    /// logits (`[classes × batch]`). Dropout is active only when `train` is set.
-    pub fn forward(&self, tape: &mut Tape, x: Var, train: bool, rng: &mut SeedRng) -> Result<Var> {
-        self.forward_traced(tape, x, train, rng, None)
+impl Model for Mlp {
+    fn params(&self) -> &ParamStore {
+        &self.params
     }
 
-    /// [`Mlp::forward`] that also records, per layer, the input and the output of its
-    /// linear product (`(x, W·x)`), for methods that need `dZ` and `X`.
-    pub fn forward_traced(
+    fn params_mut(&mut self) -> &mut ParamStore {
+        &mut self.params
+    }
+
+    fn weight_layers(&self) -> Vec<WeightLayer> {
+        self.layers
+            .iter()
+            .map(|l| WeightLayer {
+                weight: l.weight,
+                shape: LayerShape::linear(l.fan_out, l.fan_in),
+                positions: 1,
+            })
+            .collect()
+    }
+
+    fn input_dim(&self) -> usize {
+        self.config.inputs
+    }
+
+    fn distribution(&self) -> Distribution {
+        self.config.distribution
+    }
+
+    fn forward_traced(
         &self,
         tape: &mut Tape,
         x: Var,
@@ -260,41 +246,5 @@ impl Mlp {
             }
         }
         Ok(h)
-    }
-
-    /// Live connections (stored weights, biases excluded).
-    pub fn live_weights(&self) -> usize {
-        self.layers
-            .iter()
-            .map(|l| self.params.get(l.weight).live())
-            .sum()
-    }
-
-    /// Weights of the dense model of the same shape.
-    pub fn dense_weights(&self) -> usize {
-        self.layers.iter().map(|l| l.fan_in * l.fan_out).sum()
-    }
-
-    /// Floating-point operations of one training step per sample: for each layer
-    /// 2·live forward, 2·live for the weight gradient and, except the first layer, 2·live
-    /// for the input gradient (biases and activations are negligible and not counted).
-    pub fn train_flops_per_sample(&self) -> f64 {
-        self.layers
-            .iter()
-            .enumerate()
-            .map(|(l, layer)| {
-                let live = self.params.get(layer.weight).live() as f64;
-                if l == 0 {
-                    4.0 * live
-                } else {
-                    6.0 * live
-                }
-            })
-            .sum()
-    }
-
-    /// Floating-point operations of one forward pass per sample.
-    pub fn forward_flops_per_sample(&self) -> f64 {
-        2.0 * self.live_weights() as f64
     }
 }

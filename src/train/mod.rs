@@ -12,7 +12,7 @@ use crate::cpu::Par;
 use crate::data::Dataset;
 use crate::dst::{RewireConfig, Rewirer};
 use crate::error::{Error, Result};
-use crate::nn::Mlp;
+use crate::nn::Model;
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::sparse::{seed_rng, SeedRng};
 
@@ -148,7 +148,7 @@ struct BatchForward {
 /// and loss on a fresh tape.
 #[allow(clippy::too_many_arguments)]
 fn forward_batch(
-    model: &Mlp,
+    model: &dyn Model,
     data: &Dataset,
     chunk: &[u32],
     x: &mut [f32],
@@ -176,7 +176,7 @@ fn forward_batch(
 
 /// Mean loss and accuracy of `model` on `data`.
 pub fn evaluate(
-    model: &Mlp,
+    model: &dyn Model,
     data: &Dataset,
     batch_size: usize,
     tape: &mut Tape,
@@ -208,7 +208,7 @@ pub fn evaluate(
 /// Trains `model` on `train`, evaluating on `test` after each epoch; `on_epoch` sees each
 /// report as it is made (to print or log it) and may stop the run with an error.
 pub fn train(
-    model: &mut Mlp,
+    model: &mut dyn Model,
     train: &Dataset,
     test: &Dataset,
     cfg: &TrainConfig,
@@ -217,16 +217,17 @@ pub fn train(
     if cfg.batch_size == 0 {
         return Err(Error::arg("batch_size", "must be at least 1"));
     }
-    if train.dim != model.config.inputs {
+    if train.dim != model.input_dim() {
         return Err(Error::shape(
             "train",
             format!(
                 "the data has {} features but the model takes {}",
-                train.dim, model.config.inputs
+                train.dim,
+                model.input_dim()
             ),
         ));
     }
-    let mut opt = Optimizer::new(cfg.optimizer.clone(), &model.params)?;
+    let mut opt = Optimizer::new(cfg.optimizer.clone(), model.params())?;
     let mut tape = Tape::new(cfg.par);
     let mut rng = seed_rng(cfg.seed ^ 0x5eed);
     let steps_per_epoch = train.n.div_ceil(cfg.batch_size);
@@ -290,8 +291,8 @@ pub fn train(
                 )));
             }
             correct += fwd.correct;
-            model.params.zero_grad();
-            tape.backward(loss, &mut model.params)?;
+            model.params_mut().zero_grad();
+            tape.backward(loss, model.params_mut())?;
             lr = cfg.schedule.lr(cfg.lr, step, total, steps_per_epoch);
             match rewirer.as_mut() {
                 // an update step rewires instead of stepping (as RigL's reference does):
@@ -301,7 +302,7 @@ pub fn train(
                     rewired += rep.rewired;
                     flops += rep.flops;
                 }
-                _ => opt.step(&mut model.params, lr)?,
+                _ => opt.step(model.params_mut(), lr)?,
             }
             loss_sum += lv as f64 * b as f64;
             seen += b;
@@ -316,7 +317,7 @@ pub fn train(
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
-        let (test_loss, test_acc) = evaluate(model, test, cfg.batch_size.max(256), &mut tape)?;
+        let (test_loss, test_acc) = evaluate(&*model, test, cfg.batch_size.max(256), &mut tape)?;
         let report = EpochReport {
             epoch: epoch + 1,
             lr,
