@@ -27,6 +27,9 @@ pub enum Kernel {
     Sddmm,
     /// `C = A·B`, A block-sparse
     Bsr,
+    /// a convolution layer's forward and backward: im2col, `W·col`, `dW`, `dcol = Wᵀ·dZ`,
+    /// col2im; `W` sparse against the same layer with `W` dense
+    Conv,
 }
 
 impl Kernel {
@@ -37,6 +40,7 @@ impl Kernel {
             Kernel::SpmmT => "spmm-t",
             Kernel::Sddmm => "sddmm",
             Kernel::Bsr => "bsr",
+            Kernel::Conv => "conv",
         }
     }
 }
@@ -74,6 +78,10 @@ pub struct BenchConfig {
     pub seed: u64,
     /// minimum time spent timing each kernel
     pub min_time: Duration,
+    /// conv: image height and width
+    pub image: usize,
+    /// conv: kernel side (padding keeps the image size)
+    pub ksize: usize,
 }
 
 impl Default for BenchConfig {
@@ -89,11 +97,15 @@ impl Default for BenchConfig {
             pattern: PatternKind::Uniform,
             seed: 0,
             min_time: Duration::from_millis(300),
+            image: 28,
+            ksize: 3,
         }
     }
 }
 
-/// What one configuration measured.
+/// What one configuration measured. For `conv`, `m` is the output channels, `k` the
+/// patch length (input channels · kernel area), `n` batch · output positions, and the
+/// GFLOP/s count the three products of a forward and backward pass.
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchResult {
     /// kernel measured
@@ -229,6 +241,9 @@ fn run_in_pool(cfg: &BenchConfig) -> Result<BenchResult> {
     } else {
         Par::Rayon(cfg.threads)
     };
+    if cfg.kernel == Kernel::Conv {
+        return run_conv(cfg, par);
+    }
     let mut rng = seed_rng(cfg.seed);
     let mut block = None;
 
@@ -259,7 +274,7 @@ fn run_in_pool(cfg: &BenchConfig) -> Result<BenchResult> {
 
     // Dense operands and outputs for the two computations of the same product.
     let (b_rows, out_len) = match cfg.kernel {
-        Kernel::Spmm | Kernel::Bsr => (k, m * n),
+        Kernel::Spmm | Kernel::Bsr | Kernel::Conv => (k, m * n),
         Kernel::SpmmT => (m, k * n),
         Kernel::Sddmm => (k, nnz),
     };
@@ -286,12 +301,14 @@ fn run_in_pool(cfg: &BenchConfig) -> Result<BenchResult> {
             (SparseOp::Bsr(a), _) => {
                 cpu::bsr_spmm(&mut c_sparse, a.pattern(), a.values(), &b, n, 1.0, one, par)
             }
-            (SparseOp::Csr(_), Kernel::Bsr) => unreachable!("BSR kernel always gets a BSR operand"),
+            (SparseOp::Csr(_), Kernel::Bsr | Kernel::Conv) => {
+                unreachable!("BSR gets a BSR operand; conv runs elsewhere")
+            }
         }
     };
     let mut dense_call = || -> Result<()> {
         match cfg.kernel {
-            Kernel::Spmm | Kernel::Bsr => {
+            Kernel::Spmm | Kernel::Bsr | Kernel::Conv => {
                 cpu::gemm(&mut c_dense, &a_dense, &b, m, k, n, 1.0, one, par)
             }
             Kernel::SpmmT => cpu::dense::gemm_ex(
@@ -343,10 +360,32 @@ fn run_in_pool(cfg: &BenchConfig) -> Result<BenchResult> {
         }
         _ => max_rel_diff(&c_sparse, &c_dense),
     };
+    Ok(result(
+        cfg,
+        [m, k, n],
+        nnz,
+        block,
+        (ts, td, repeats),
+        1.0,
+        max_rel_diff,
+    ))
+}
+
+/// Assembles a result from the timings; `products` counts the products of shape
+/// `M×K×N` each timed call computes.
+fn result(
+    cfg: &BenchConfig,
+    [m, k, n]: [usize; 3],
+    nnz: usize,
+    block: Option<usize>,
+    (ts, td, repeats): (Duration, Duration, usize),
+    products: f64,
+    max_rel_diff: f64,
+) -> BenchResult {
     let (sparse_s, dense_s) = (ts.as_secs_f64(), td.as_secs_f64());
-    let sparse_gflops = 2.0 * nnz as f64 * n as f64 / sparse_s.max(1e-12) / 1e9;
-    let dense_gflops = 2.0 * m as f64 * k as f64 * n as f64 / dense_s.max(1e-12) / 1e9;
-    Ok(BenchResult {
+    let sparse_gflops = products * 2.0 * nnz as f64 * n as f64 / sparse_s.max(1e-12) / 1e9;
+    let dense_gflops = products * 2.0 * m as f64 * k as f64 * n as f64 / dense_s.max(1e-12) / 1e9;
+    BenchResult {
         kernel: cfg.kernel,
         m,
         k,
@@ -368,7 +407,102 @@ fn run_in_pool(cfg: &BenchConfig) -> Result<BenchResult> {
         },
         max_rel_diff,
         repeats,
-    })
+    }
+}
+
+/// One convolution layer (`cfg.m` output channels, `cfg.k` input channels, batch
+/// `cfg.n`, `image × image` inputs, `ksize × ksize` kernels with same padding), forward
+/// and backward through the tape exactly as training runs it: the weight sparse, against
+/// the same weights stored dense (im2col + gemm). Both passes' output, input gradient and
+/// weight gradient are compared.
+fn run_conv(cfg: &BenchConfig, par: Par) -> Result<BenchResult> {
+    use crate::autograd::{Conv2dGeom, Tape, Var};
+    use crate::nn::{Param, ParamId, ParamShape, ParamStore};
+
+    let geom = Conv2dGeom {
+        channels: cfg.k,
+        h: cfg.image,
+        w: cfg.image,
+        kh: cfg.ksize,
+        kw: cfg.ksize,
+        stride: 1,
+        pad: cfg.ksize / 2,
+    };
+    geom.validate()?;
+    if cfg.m == 0 || cfg.n == 0 {
+        return Err(Error::arg(
+            "conv",
+            "output channels and batch must be positive",
+        ));
+    }
+    let mut rng = seed_rng(cfg.seed);
+    let (m, k) = (cfg.m, geom.patch_len());
+    let n = geom.out_h() * geom.out_w() * cfg.n;
+    let pattern = Arc::new(csr_pattern(
+        &BenchConfig {
+            m,
+            k,
+            ..cfg.clone()
+        },
+        &mut rng,
+    )?);
+    let values = random_values(pattern.nnz(), &mut rng);
+    let dense = crate::sparse::Csr::new(pattern.clone(), &values)?.to_dense();
+    let nnz = pattern.nnz();
+    let mut sparse_params = ParamStore::new();
+    let ws = sparse_params.add(Param::new(
+        "w",
+        ParamShape::Sparse {
+            pattern: pattern.clone(),
+        },
+        values,
+        true,
+    )?);
+    let mut dense_params = ParamStore::new();
+    let wd = dense_params.add(Param::new(
+        "w",
+        ParamShape::Dense { rows: m, cols: k },
+        crate::sparse::aligned_from_slice(&dense),
+        true,
+    )?);
+    let in_rows = geom.channels * geom.h * geom.w;
+    let x = random_values(in_rows * cfg.n, &mut rng);
+    let dz = random_values(m * n, &mut rng);
+    let pass = |tape: &mut Tape, params: &mut ParamStore, w: ParamId| -> Result<(Var, Var)> {
+        tape.reset();
+        let xv = tape.input(&x, in_rows, cfg.n, true)?;
+        let col = tape.im2col(xv, geom)?;
+        let z = tape.linear(params, col, w)?;
+        params.zero_grad();
+        tape.backward_from(z, &dz, params)?;
+        Ok((xv, z))
+    };
+    let (mut tape_s, mut tape_d) = (Tape::new(par), Tape::new(par));
+    pass(&mut tape_s, &mut sparse_params, ws)?;
+    pass(&mut tape_d, &mut dense_params, wd)?;
+    let times = time_pair(
+        cfg.min_time,
+        || {
+            pass(&mut tape_s, &mut sparse_params, ws).expect("checked above");
+        },
+        || {
+            pass(&mut tape_d, &mut dense_params, wd).expect("checked above");
+        },
+    );
+    let (xs, zs) = pass(&mut tape_s, &mut sparse_params, ws)?;
+    let (xd, zd) = pass(&mut tape_d, &mut dense_params, wd)?;
+    let grad = |t: &Tape, v: Var| t.grad(v).map(<[f32]>::to_vec).unwrap_or_default();
+    let dw_dense = &dense_params.get(wd).grad;
+    let dw_sampled: Vec<f32> = pattern
+        .row_indices()
+        .iter()
+        .zip(pattern.col_idx())
+        .map(|(&i, &j)| dw_dense[i as usize * k + j as usize])
+        .collect();
+    let diff = max_rel_diff(tape_s.value(zs), tape_d.value(zd))
+        .max(max_rel_diff(&grad(&tape_s, xs), &grad(&tape_d, xd)))
+        .max(max_rel_diff(&sparse_params.get(ws).grad, &dw_sampled));
+    Ok(result(cfg, [m, k, n], nnz, None, times, 3.0, diff))
 }
 
 enum SparseOp {
@@ -377,9 +511,22 @@ enum SparseOp {
 }
 
 /// The default sweep: M = K ∈ {1024, 4096}, N ∈ {1, 128}, sparsity ∈
-/// {0.5, 0.8, 0.9, 0.95, 0.98, 0.99}.
+/// {0.5, 0.8, 0.9, 0.95, 0.98, 0.99}; for `conv`, 64 → 64 channels of 28×28, batch 64,
+/// at the same sparsities.
 pub fn default_sweep(base: &BenchConfig) -> Vec<BenchConfig> {
     let mut out = Vec::new();
+    if base.kernel == Kernel::Conv {
+        for sparsity in [0.5, 0.8, 0.9, 0.95, 0.98, 0.99] {
+            out.push(BenchConfig {
+                m: 64,
+                k: 64,
+                n: 64,
+                sparsity,
+                ..base.clone()
+            });
+        }
+        return out;
+    }
     for mk in [1024, 4096] {
         for n in [1, 128] {
             for sparsity in [0.5, 0.8, 0.9, 0.95, 0.98, 0.99] {

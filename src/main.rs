@@ -146,6 +146,9 @@ enum KernelArg {
     SpmmT,
     Sddmm,
     Bsr,
+    /// a convolution layer's forward + backward (--m out channels, --k in channels,
+    /// --n batch, --image, --ksize)
+    Conv,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -188,6 +191,12 @@ struct BenchArgs {
     /// print one JSON object per configuration instead of a table
     #[arg(long)]
     json: bool,
+    /// conv: image height and width
+    #[arg(long, default_value_t = 28)]
+    image: usize,
+    /// conv: kernel side (same padding)
+    #[arg(long, default_value_t = 3)]
+    ksize: usize,
 }
 
 fn main() -> ExitCode {
@@ -213,7 +222,10 @@ fn run_bench(args: BenchArgs) -> rewire::Result<()> {
             KernelArg::SpmmT => Kernel::SpmmT,
             KernelArg::Sddmm => Kernel::Sddmm,
             KernelArg::Bsr => Kernel::Bsr,
+            KernelArg::Conv => Kernel::Conv,
         },
+        image: args.image,
+        ksize: args.ksize,
         block: args.block,
         threads: args.threads.unwrap_or_else(rayon::current_num_threads),
         pattern: match args.pattern {

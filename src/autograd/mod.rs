@@ -569,10 +569,21 @@ impl Tape {
                 format!("the loss must be 1×1, got {r}×{c}"),
             ));
         }
-        let mut seed = self.pool.take(1);
-        seed[0] = 1.0;
-        self.nodes[loss.0].grad = Some(seed);
-        for i in (0..=loss.0).rev() {
+        self.backward_from(loss, &[1.0], params)
+    }
+
+    /// Back-propagates the gradient `grad` of node `out` (its length is the node's): the
+    /// same as [`Tape::backward`] for a loss whose gradient at `out` is `grad`.
+    pub fn backward_from(&mut self, out: Var, grad: &[f32], params: &mut ParamStore) -> Result<()> {
+        let len = {
+            let node = self.check_var(out)?;
+            node.rows * node.cols
+        };
+        check_len("output gradient", len, grad.len())?;
+        let mut seed = self.pool.take(len);
+        seed.copy_from_slice(grad);
+        self.nodes[out.0].grad = Some(seed);
+        for i in (0..=out.0).rev() {
             if matches!(self.nodes[i].op, Op::Input) {
                 continue; // an input keeps its gradient, if it asked for one
             }
