@@ -143,6 +143,8 @@ pub struct BenchResult {
     pub max_rel_diff: f64,
     /// timed calls of the kernel with fewer calls (timed in alternating rounds)
     pub repeats: usize,
+    /// where both ran: `cpu`, or the CUDA device's name
+    pub device: String,
 }
 
 /// Median per-call wall times of `a` and of `b`. The two are timed in alternating
@@ -210,7 +212,7 @@ fn csr_pattern(cfg: &BenchConfig, rng: &mut SeedRng) -> Result<CsrPattern> {
     }
 }
 
-fn max_rel_diff(a: &[f32], b: &[f32]) -> f64 {
+pub(crate) fn max_rel_diff(a: &[f32], b: &[f32]) -> f64 {
     let scale = b
         .iter()
         .fold(0.0f64, |m, &x| m.max(x.abs() as f64))
@@ -234,16 +236,21 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResult> {
     pool.install(|| run_in_pool(cfg))
 }
 
-fn run_in_pool(cfg: &BenchConfig) -> Result<BenchResult> {
+/// The operands of one configuration: the sparse matrix (CSR or BSR) and its dense
+/// equivalent, the dense right operand `b` and SDDMM's left operand `l`.
+pub(crate) struct Operands {
+    pub nnz: usize,
+    pub a_dense: Vec<f32>,
+    pub sparse: SparseOp,
+    pub block: Option<usize>,
+    pub b: AlignedVec,
+    pub l: AlignedVec,
+    /// length of the sparse kernel's output
+    pub out_len: usize,
+}
+
+pub(crate) fn operands(cfg: &BenchConfig) -> Result<Operands> {
     let (m, k, n) = (cfg.m, cfg.k, cfg.n);
-    let par = if cfg.threads == 1 {
-        Par::Seq
-    } else {
-        Par::Rayon(cfg.threads)
-    };
-    if cfg.kernel == Kernel::Conv {
-        return run_conv(cfg, par);
-    }
     let mut rng = seed_rng(cfg.seed);
     let mut block = None;
 
@@ -280,6 +287,36 @@ fn run_in_pool(cfg: &BenchConfig) -> Result<BenchResult> {
     };
     let b = random_values(b_rows * n, &mut rng);
     let l = random_values(m * n, &mut rng); // SDDMM's left operand
+    Ok(Operands {
+        nnz,
+        a_dense,
+        sparse,
+        block,
+        b,
+        l,
+        out_len,
+    })
+}
+
+fn run_in_pool(cfg: &BenchConfig) -> Result<BenchResult> {
+    let (m, k, n) = (cfg.m, cfg.k, cfg.n);
+    let par = if cfg.threads == 1 {
+        Par::Seq
+    } else {
+        Par::Rayon(cfg.threads)
+    };
+    if cfg.kernel == Kernel::Conv {
+        return run_conv(cfg, par);
+    }
+    let Operands {
+        nnz,
+        a_dense,
+        sparse,
+        block,
+        b,
+        l,
+        out_len,
+    } = operands(cfg)?;
     let mut c_sparse = aligned_zeros(out_len);
     let mut c_dense = aligned_zeros(match cfg.kernel {
         Kernel::Sddmm => m * k,
@@ -373,7 +410,7 @@ fn run_in_pool(cfg: &BenchConfig) -> Result<BenchResult> {
 
 /// Assembles a result from the timings; `products` counts the products of shape
 /// `M×K×N` each timed call computes.
-fn result(
+pub(crate) fn result(
     cfg: &BenchConfig,
     [m, k, n]: [usize; 3],
     nnz: usize,
@@ -407,6 +444,7 @@ fn result(
         },
         max_rel_diff,
         repeats,
+        device: "cpu".into(),
     }
 }
 
@@ -505,7 +543,7 @@ fn run_conv(cfg: &BenchConfig, par: Par) -> Result<BenchResult> {
     Ok(result(cfg, [m, k, n], nnz, None, times, 3.0, diff))
 }
 
-enum SparseOp {
+pub(crate) enum SparseOp {
     Csr(crate::sparse::Csr),
     Bsr(Bsr),
 }

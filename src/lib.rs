@@ -21,6 +21,8 @@ pub struct ReadmeDoctests;
 pub mod autograd;
 pub mod bench;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod data;
 pub mod dst;
 pub mod error;

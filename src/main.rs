@@ -191,6 +191,9 @@ struct BenchArgs {
     /// print one JSON object per configuration instead of a table
     #[arg(long)]
     json: bool,
+    /// where to run both kernels: cpu, or cuda (the sparse kernel against cuBLAS SGEMM)
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// conv: image height and width
     #[arg(long, default_value_t = 28)]
     image: usize,
@@ -269,11 +272,18 @@ fn run_bench(args: BenchArgs) -> rewire::Result<()> {
         }
         out
     };
+    let device = bench_device(&args.device)?;
     if !args.json {
         println!("{}", bench::table_header());
     }
     for cfg in &configs {
-        let r = bench::run(cfg)?;
+        let r = match &device {
+            None => bench::run(cfg)?,
+            #[cfg(feature = "cuda")]
+            Some(dev) => rewire::cuda::bench::run(cfg, dev)?,
+            #[cfg(not(feature = "cuda"))]
+            Some(never) => match *never {},
+        };
         if args.json {
             println!("{}", serde_json::to_string(&r).expect("results serialise"));
         } else {
@@ -287,6 +297,41 @@ fn run_bench(args: BenchArgs) -> rewire::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(feature = "cuda")]
+type BenchDevice = std::sync::Arc<rewire::cuda::CudaDevice>;
+#[cfg(not(feature = "cuda"))]
+type BenchDevice = std::convert::Infallible;
+
+/// `None` for the CPU, the opened device for `cuda` / `cuda:N`.
+fn bench_device(name: &str) -> rewire::Result<Option<BenchDevice>> {
+    let ordinal = match name {
+        "cpu" => return Ok(None),
+        "cuda" => 0,
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(|| {
+                rewire::Error::arg(
+                    "device",
+                    format!("unknown device {other:?} (cpu, cuda, cuda:N)"),
+                )
+            })?,
+    };
+    #[cfg(feature = "cuda")]
+    {
+        let dev = rewire::cuda::CudaDevice::new(ordinal)?;
+        eprintln!("device: {}", dev.describe());
+        Ok(Some(dev))
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = ordinal;
+        Err(rewire::Error::Cuda(
+            "this build has no CUDA backend (built without the `cuda` feature)".into(),
+        ))
+    }
 }
 
 fn parse_hidden(model: &str) -> rewire::Result<Vec<usize>> {

@@ -23,7 +23,11 @@ pub fn run(model: &str, dataset: DatasetName, lr: f32) -> rewire::Result<()> {
     };
     let kind = MethodKind::parse(method)?;
     let mut config = CnnConfig::named(model, [1, 28, 28], splits.train.classes)?;
-    config.sparsity = if kind.is_dense_to_sparse() { 0.0 } else { sparsity };
+    config.sparsity = if kind.is_dense_to_sparse() {
+        0.0
+    } else {
+        sparsity
+    };
     config.sparse_storage = kind.is_dense_to_sparse();
     let mut net = Cnn::new(config)?;
     let rewire = RewireConfig {

@@ -1,0 +1,271 @@
+//! The CUDA backend: every kernel source compiles with NVRTC (needs only libnvrtc),
+//! asking for a device where there is none is an error, and every GPU kernel agrees
+//! with the CPU reference over awkward shapes (needs a device).
+//!
+//! Without NVRTC or a device the tests print why and pass; with `REWIRE_REQUIRE_CUDA=1`
+//! they fail instead.
+#![cfg(feature = "cuda")]
+
+use std::sync::{Arc, OnceLock};
+
+use rand::RngExt;
+use rewire::cpu::reference::{bsr_spmm_ref, gemm_ref, sddmm_ref, spmm_ref, spmm_t_ref};
+use rewire::cuda::{self, CudaDevice, GpuBsr, GpuCsr};
+use rewire::sparse::{seed_rng, BsrPattern, CsrPattern, SeedRng};
+use rewire::Accum;
+
+fn required() -> bool {
+    std::env::var("REWIRE_REQUIRE_CUDA").is_ok_and(|v| v == "1")
+}
+
+/// Skips (printing why) or, where CUDA is required, fails.
+fn skip(why: &str) {
+    assert!(!required(), "REWIRE_REQUIRE_CUDA=1 but {why}");
+    eprintln!("skipped: {why}");
+}
+
+fn device() -> Option<Arc<CudaDevice>> {
+    static DEV: OnceLock<Result<Arc<CudaDevice>, String>> = OnceLock::new();
+    match DEV.get_or_init(|| CudaDevice::new(0).map_err(|e| e.to_string())) {
+        Ok(d) => Some(d.clone()),
+        Err(e) => {
+            skip(&format!("no CUDA device: {e}"));
+            None
+        }
+    }
+}
+
+#[test]
+fn every_kernel_source_compiles_with_nvrtc() {
+    if !cuda::nvrtc_present() {
+        return skip("NVRTC (libnvrtc) is not installed");
+    }
+    for (file, _) in rewire::kernels::SOURCES {
+        if !file.ends_with(".cu") {
+            continue;
+        }
+        for arch in ["sm_80", "sm_90"] {
+            let ptx = cuda::compile(file, arch).unwrap_or_else(|e| panic!("{e}"));
+            let text = ptx.to_src();
+            for entry in [
+                "spmm_csr_f32_vec4",
+                "sddmm_csr_f32_vec1",
+                "bsr_spmm_f32_b16",
+            ] {
+                if file == &"sparse.cu" {
+                    assert!(text.contains(entry), "{file} for {arch} lacks {entry}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn asking_for_cuda_without_a_driver_is_an_error() {
+    if cuda::driver_present() {
+        return eprintln!("skipped: this machine has a CUDA driver");
+    }
+    let err = CudaDevice::new(0).expect_err("no driver, no device");
+    assert!(err.to_string().contains("CUDA"), "{err}");
+}
+
+fn rand_vec(len: usize, rng: &mut SeedRng) -> Vec<f32> {
+    (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// `got` within `1e-4·L1` of `exp`, `L1` the same sum on absolute values.
+fn assert_close(what: &str, got: &[f32], exp: &[f32], bound: &[f32]) {
+    assert_eq!(got.len(), exp.len(), "{what}: lengths");
+    for (i, ((g, e), b)) in got.iter().zip(exp).zip(bound).enumerate() {
+        let tol = 1e-4 * b.abs().max(1e-3);
+        assert!(
+            (g - e).abs() <= tol,
+            "{what}[{i}]: gpu {g} vs cpu {e} (tol {tol})"
+        );
+    }
+}
+
+fn abs(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|x| x.abs()).collect()
+}
+
+fn patterns(rng: &mut SeedRng) -> Vec<CsrPattern> {
+    let mut out = Vec::new();
+    for &(m, k, density) in &[
+        (1, 1, 1.0),
+        (7, 63, 0.3),
+        (63, 7, 0.5),
+        (130, 257, 0.05),
+        (300, 200, 1.0),
+    ] {
+        let nnz = ((m * k) as f64 * density).round() as usize;
+        out.push(CsrPattern::random(m, k, nnz, rng).unwrap());
+    }
+    // rows 1 and 3 empty, column 0 unused
+    out.push(CsrPattern::new(5, 6, vec![0, 2, 2, 5, 5, 6], vec![1, 4, 2, 3, 5, 5]).unwrap());
+    // no entries at all
+    out.push(CsrPattern::new(4, 3, vec![0; 5], vec![]).unwrap());
+    out
+}
+
+#[test]
+fn gpu_csr_kernels_match_the_cpu_reference() {
+    let Some(dev) = device() else { return };
+    let mut rng = seed_rng(1);
+    for p in patterns(&mut rng) {
+        let (m, k) = (p.nrows(), p.ncols());
+        let gp = GpuCsr::new(&dev, &p).unwrap();
+        let values = rand_vec(p.nnz(), &mut rng);
+        let dv = dev.upload(&values).unwrap();
+        for n in [1, 7, 8, 130, 256] {
+            for (alpha, beta) in [(1.0f32, 0.0f32), (0.5, 2.0)] {
+                let accum = if beta == 0.0 {
+                    Accum::Replace
+                } else {
+                    Accum::Add(beta)
+                };
+                let label = format!("{m}x{k} nnz {} n {n} α {alpha} β {beta}", p.nnz());
+                // spmm
+                let b = rand_vec(k * n, &mut rng);
+                let c0 = rand_vec(m * n, &mut rng);
+                let mut exp = c0.clone();
+                spmm_ref(&mut exp, &p, &values, &b, n, alpha, accum);
+                let mut bound = abs(&c0);
+                spmm_ref(
+                    &mut bound,
+                    &p,
+                    &abs(&values),
+                    &abs(&b),
+                    n,
+                    alpha.abs(),
+                    match accum {
+                        Accum::Add(be) => Accum::Add(be.abs()),
+                        a => a,
+                    },
+                );
+                let mut dc = dev.upload(&c0).unwrap();
+                dev.spmm(&mut dc, &gp, &dv, &dev.upload(&b).unwrap(), n, alpha, beta)
+                    .unwrap();
+                assert_close(
+                    &format!("spmm {label}"),
+                    &dev.download(&dc).unwrap(),
+                    &exp,
+                    &bound,
+                );
+                // spmm_t
+                let bt = rand_vec(m * n, &mut rng);
+                let ct = rand_vec(k * n, &mut rng);
+                let mut exp = ct.clone();
+                spmm_t_ref(&mut exp, &p, &values, &bt, n, alpha, accum);
+                let mut bound = abs(&ct);
+                spmm_t_ref(
+                    &mut bound,
+                    &p,
+                    &abs(&values),
+                    &abs(&bt),
+                    n,
+                    alpha.abs(),
+                    match accum {
+                        Accum::Add(be) => Accum::Add(be.abs()),
+                        a => a,
+                    },
+                );
+                let mut dc = dev.upload(&ct).unwrap();
+                dev.spmm_t(&mut dc, &gp, &dv, &dev.upload(&bt).unwrap(), n, alpha, beta)
+                    .unwrap();
+                assert_close(
+                    &format!("spmm_t {label}"),
+                    &dev.download(&dc).unwrap(),
+                    &exp,
+                    &bound,
+                );
+                // sddmm
+                let l = rand_vec(m * n, &mut rng);
+                let r = rand_vec(k * n, &mut rng);
+                let v0 = rand_vec(p.nnz(), &mut rng);
+                let mut exp = v0.clone();
+                sddmm_ref(&mut exp, &p, &l, &r, n, alpha, accum);
+                let mut bound = abs(&v0);
+                sddmm_ref(
+                    &mut bound,
+                    &p,
+                    &abs(&l),
+                    &abs(&r),
+                    n,
+                    alpha.abs(),
+                    match accum {
+                        Accum::Add(be) => Accum::Add(be.abs()),
+                        a => a,
+                    },
+                );
+                let mut dout = dev.upload(&v0).unwrap();
+                let (dl, dr) = (dev.upload(&l).unwrap(), dev.upload(&r).unwrap());
+                dev.sddmm(&mut dout, &gp, &dl, &dr, n, alpha, beta).unwrap();
+                assert_close(
+                    &format!("sddmm {label}"),
+                    &dev.download(&dout).unwrap(),
+                    &exp,
+                    &bound,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn gpu_bsr_kernel_matches_the_cpu_reference() {
+    let Some(dev) = device() else { return };
+    let mut rng = seed_rng(2);
+    for bs in [4, 8, 16] {
+        for &(mb, kb, nnzb) in &[(1, 1, 1), (5, 7, 12), (16, 9, 0), (12, 12, 144)] {
+            let p = BsrPattern::random(mb, kb, bs, bs, nnzb, &mut rng).unwrap();
+            let gp = GpuBsr::new(&dev, &p).unwrap();
+            let values = rand_vec(p.nnz(), &mut rng);
+            for n in [1, 7, 128, 300] {
+                let b = rand_vec(kb * bs * n, &mut rng);
+                let c0 = rand_vec(mb * bs * n, &mut rng);
+                let mut exp = c0.clone();
+                bsr_spmm_ref(&mut exp, &p, &values, &b, n, 0.5, Accum::Add(2.0));
+                let mut bound = abs(&c0);
+                bsr_spmm_ref(
+                    &mut bound,
+                    &p,
+                    &abs(&values),
+                    &abs(&b),
+                    n,
+                    0.5,
+                    Accum::Add(2.0),
+                );
+                let mut dc = dev.upload(&c0).unwrap();
+                let (dv, db) = (dev.upload(&values).unwrap(), dev.upload(&b).unwrap());
+                dev.bsr_spmm(&mut dc, &gp, &dv, &db, n, 0.5, 2.0).unwrap();
+                let label = format!("bsr {bs}x{bs} {mb}x{kb} blocks, {nnzb} stored, n {n}");
+                assert_close(&label, &dev.download(&dc).unwrap(), &exp, &bound);
+            }
+        }
+    }
+}
+
+#[test]
+fn cublas_sgemm_matches_the_cpu_reference() {
+    let Some(dev) = device() else { return };
+    let mut rng = seed_rng(3);
+    for &(m, k, n) in &[(1, 1, 1), (7, 63, 8), (130, 65, 257)] {
+        let a = rand_vec(m * k, &mut rng);
+        let b = rand_vec(k * n, &mut rng);
+        let mut exp = vec![0.0; m * n];
+        gemm_ref(&mut exp, &a, &b, m, k, n, 1.0, Accum::Replace);
+        let mut bound = vec![0.0; m * n];
+        gemm_ref(&mut bound, &abs(&a), &abs(&b), m, k, n, 1.0, Accum::Replace);
+        let mut dc = dev.zeros(m * n).unwrap();
+        let (da, db) = (dev.upload(&a).unwrap(), dev.upload(&b).unwrap());
+        dev.sgemm(&mut dc, &da, &db, (m, k, n), (false, false), 1.0, 0.0)
+            .unwrap();
+        assert_close(
+            &format!("sgemm {m}x{k}x{n}"),
+            &dev.download(&dc).unwrap(),
+            &exp,
+            &bound,
+        );
+    }
+}
