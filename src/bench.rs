@@ -212,6 +212,18 @@ fn csr_pattern(cfg: &BenchConfig, rng: &mut SeedRng) -> Result<CsrPattern> {
     }
 }
 
+/// The entries of a dense `rows × cols` matrix at the live positions of `pattern`, in
+/// pattern order.
+pub(crate) fn sample(pattern: &CsrPattern, dense: &[f32]) -> Vec<f32> {
+    let k = pattern.ncols();
+    pattern
+        .row_indices()
+        .iter()
+        .zip(pattern.col_idx())
+        .map(|(&i, &j)| dense[i as usize * k + j as usize])
+        .collect()
+}
+
 pub(crate) fn max_rel_diff(a: &[f32], b: &[f32]) -> f64 {
     let scale = b
         .iter()
@@ -386,14 +398,7 @@ fn run_in_pool(cfg: &BenchConfig) -> Result<BenchResult> {
 
     let max_rel_diff = match (&sparse, cfg.kernel) {
         (SparseOp::Csr(a), Kernel::Sddmm) => {
-            let sampled: Vec<f32> = a
-                .pattern()
-                .row_indices()
-                .iter()
-                .zip(a.pattern().col_idx())
-                .map(|(&i, &j)| c_dense[i as usize * k + j as usize])
-                .collect();
-            max_rel_diff(&c_sparse, &sampled)
+            max_rel_diff(&c_sparse, &sample(a.pattern(), &c_dense))
         }
         _ => max_rel_diff(&c_sparse, &c_dense),
     };
@@ -531,12 +536,7 @@ fn run_conv(cfg: &BenchConfig, par: Par) -> Result<BenchResult> {
     let (xd, zd) = pass(&mut tape_d, &mut dense_params, wd)?;
     let grad = |t: &Tape, v: Var| t.grad(v).map(<[f32]>::to_vec).unwrap_or_default();
     let dw_dense = &dense_params.get(wd).grad;
-    let dw_sampled: Vec<f32> = pattern
-        .row_indices()
-        .iter()
-        .zip(pattern.col_idx())
-        .map(|(&i, &j)| dw_dense[i as usize * k + j as usize])
-        .collect();
+    let dw_sampled = sample(&pattern, dw_dense);
     let diff = max_rel_diff(tape_s.value(zs), tape_d.value(zd))
         .max(max_rel_diff(&grad(&tape_s, xs), &grad(&tape_d, xd)))
         .max(max_rel_diff(&sparse_params.get(ws).grad, &dw_sampled));

@@ -89,6 +89,24 @@ fn abs(v: &[f32]) -> Vec<f32> {
     v.iter().map(|x| x.abs()).collect()
 }
 
+/// The reference result of `run` on a destination starting as `c0`, and its error bound:
+/// the same computation on absolute values (`run` gets the operand map to apply).
+fn expected(
+    c0: &[f32],
+    accum: Accum,
+    run: impl Fn(&mut [f32], &dyn Fn(&[f32]) -> Vec<f32>, Accum),
+) -> (Vec<f32>, Vec<f32>) {
+    let mut exp = c0.to_vec();
+    run(&mut exp, &|v| v.to_vec(), accum);
+    let mut bound = abs(c0);
+    let abs_accum = match accum {
+        Accum::Add(b) => Accum::Add(b.abs()),
+        a => a,
+    };
+    run(&mut bound, &|v| abs(v), abs_accum);
+    (exp, bound)
+}
+
 fn patterns(rng: &mut SeedRng) -> Vec<CsrPattern> {
     let mut out = Vec::new();
     for &(m, k, density) in &[
@@ -128,85 +146,37 @@ fn gpu_csr_kernels_match_the_cpu_reference() {
                 // spmm
                 let b = rand_vec(k * n, &mut rng);
                 let c0 = rand_vec(m * n, &mut rng);
-                let mut exp = c0.clone();
-                spmm_ref(&mut exp, &p, &values, &b, n, alpha, accum);
-                let mut bound = abs(&c0);
-                spmm_ref(
-                    &mut bound,
-                    &p,
-                    &abs(&values),
-                    &abs(&b),
-                    n,
-                    alpha.abs(),
-                    match accum {
-                        Accum::Add(be) => Accum::Add(be.abs()),
-                        a => a,
-                    },
-                );
+                let (exp, bound) = expected(&c0, accum, |out, abs_of, acc| {
+                    spmm_ref(out, &p, &abs_of(&values), &abs_of(&b), n, alpha, acc)
+                });
                 let mut dc = dev.upload(&c0).unwrap();
                 dev.spmm(&mut dc, &gp, &dv, &dev.upload(&b).unwrap(), n, alpha, beta)
                     .unwrap();
-                assert_close(
-                    &format!("spmm {label}"),
-                    &dev.download(&dc).unwrap(),
-                    &exp,
-                    &bound,
-                );
+                let got = dev.download(&dc).unwrap();
+                assert_close(&format!("spmm {label}"), &got, &exp, &bound);
                 // spmm_t
                 let bt = rand_vec(m * n, &mut rng);
                 let ct = rand_vec(k * n, &mut rng);
-                let mut exp = ct.clone();
-                spmm_t_ref(&mut exp, &p, &values, &bt, n, alpha, accum);
-                let mut bound = abs(&ct);
-                spmm_t_ref(
-                    &mut bound,
-                    &p,
-                    &abs(&values),
-                    &abs(&bt),
-                    n,
-                    alpha.abs(),
-                    match accum {
-                        Accum::Add(be) => Accum::Add(be.abs()),
-                        a => a,
-                    },
-                );
+                let (exp, bound) = expected(&ct, accum, |out, abs_of, acc| {
+                    spmm_t_ref(out, &p, &abs_of(&values), &abs_of(&bt), n, alpha, acc)
+                });
                 let mut dc = dev.upload(&ct).unwrap();
                 dev.spmm_t(&mut dc, &gp, &dv, &dev.upload(&bt).unwrap(), n, alpha, beta)
                     .unwrap();
-                assert_close(
-                    &format!("spmm_t {label}"),
-                    &dev.download(&dc).unwrap(),
-                    &exp,
-                    &bound,
-                );
+                let got = dev.download(&dc).unwrap();
+                assert_close(&format!("spmm_t {label}"), &got, &exp, &bound);
                 // sddmm
                 let l = rand_vec(m * n, &mut rng);
                 let r = rand_vec(k * n, &mut rng);
                 let v0 = rand_vec(p.nnz(), &mut rng);
-                let mut exp = v0.clone();
-                sddmm_ref(&mut exp, &p, &l, &r, n, alpha, accum);
-                let mut bound = abs(&v0);
-                sddmm_ref(
-                    &mut bound,
-                    &p,
-                    &abs(&l),
-                    &abs(&r),
-                    n,
-                    alpha.abs(),
-                    match accum {
-                        Accum::Add(be) => Accum::Add(be.abs()),
-                        a => a,
-                    },
-                );
+                let (exp, bound) = expected(&v0, accum, |out, abs_of, acc| {
+                    sddmm_ref(out, &p, &abs_of(&l), &abs_of(&r), n, alpha, acc)
+                });
                 let mut dout = dev.upload(&v0).unwrap();
                 let (dl, dr) = (dev.upload(&l).unwrap(), dev.upload(&r).unwrap());
                 dev.sddmm(&mut dout, &gp, &dl, &dr, n, alpha, beta).unwrap();
-                assert_close(
-                    &format!("sddmm {label}"),
-                    &dev.download(&dout).unwrap(),
-                    &exp,
-                    &bound,
-                );
+                let got = dev.download(&dout).unwrap();
+                assert_close(&format!("sddmm {label}"), &got, &exp, &bound);
             }
         }
     }

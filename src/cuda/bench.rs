@@ -2,7 +2,8 @@
 //! SGEMM (TF32 off) on the same shape, in the same run, with the CPU bench's columns.
 
 use crate::bench::{
-    max_rel_diff, operands, result, time_pair, BenchConfig, BenchResult, Kernel, Operands, SparseOp,
+    max_rel_diff, operands, result, sample, time_pair, BenchConfig, BenchResult, Kernel, Operands,
+    SparseOp,
 };
 use crate::cuda::{CudaDevice, GpuBsr, GpuCsr};
 use crate::error::{Error, Result};
@@ -77,14 +78,7 @@ pub fn run(cfg: &BenchConfig, dev: &CudaDevice) -> Result<BenchResult> {
     let (got, dense) = (dev.download(&c_sparse)?, dev.download(&c_dense)?);
     let diff = match &sparse {
         SparseOp::Csr(a) if cfg.kernel == Kernel::Sddmm => {
-            let sampled: Vec<f32> = a
-                .pattern()
-                .row_indices()
-                .iter()
-                .zip(a.pattern().col_idx())
-                .map(|(&i, &j)| dense[i as usize * k + j as usize])
-                .collect();
-            max_rel_diff(&got, &sampled)
+            max_rel_diff(&got, &sample(a.pattern(), &dense))
         }
         _ => max_rel_diff(&got, &dense),
     };
