@@ -81,6 +81,9 @@ struct RunArgs {
     /// (a small VGG-style CNN with batch norm)
     #[arg(long, default_value = "mlp:1000,1000,1000")]
     model: String,
+    /// where to train: cpu, or cuda / cuda:N (MLPs; CNNs train on the CPU)
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// steps between rewiring updates (ΔT; set and rigl)
     #[arg(long, default_value_t = 100)]
     delta_t: usize,
@@ -272,7 +275,7 @@ fn run_bench(args: BenchArgs) -> rewire::Result<()> {
         }
         out
     };
-    let device = bench_device(&args.device)?;
+    let device = open_device(&args.device)?;
     if !args.json {
         println!("{}", bench::table_header());
     }
@@ -300,12 +303,12 @@ fn run_bench(args: BenchArgs) -> rewire::Result<()> {
 }
 
 #[cfg(feature = "cuda")]
-type BenchDevice = std::sync::Arc<rewire::cuda::CudaDevice>;
+type Device = std::sync::Arc<rewire::cuda::CudaDevice>;
 #[cfg(not(feature = "cuda"))]
-type BenchDevice = std::convert::Infallible;
+type Device = std::convert::Infallible;
 
 /// `None` for the CPU, the opened device for `cuda` / `cuda:N`.
-fn bench_device(name: &str) -> rewire::Result<Option<BenchDevice>> {
+fn open_device(name: &str) -> rewire::Result<Option<Device>> {
     let ordinal = match name {
         "cpu" => return Ok(None),
         "cuda" => 0,
@@ -375,11 +378,32 @@ enum ModelSpec {
 }
 
 impl ModelSpec {
-    fn build(self) -> rewire::Result<Box<dyn rewire::nn::Model>> {
+    fn build(self) -> rewire::Result<Built> {
         Ok(match self {
-            ModelSpec::Mlp(c) => Box::new(rewire::nn::Mlp::new(c)?),
-            ModelSpec::Cnn(c) => Box::new(rewire::nn::Cnn::new(c)?),
+            ModelSpec::Mlp(c) => Built::Mlp(rewire::nn::Mlp::new(c)?),
+            ModelSpec::Cnn(c) => Built::Cnn(rewire::nn::Cnn::new(c)?),
         })
+    }
+}
+
+/// A built model.
+enum Built {
+    Mlp(rewire::nn::Mlp),
+    Cnn(rewire::nn::Cnn),
+}
+
+impl Built {
+    fn model(&self) -> &dyn rewire::nn::Model {
+        match self {
+            Built::Mlp(m) => m,
+            Built::Cnn(m) => m,
+        }
+    }
+    fn model_mut(&mut self) -> &mut dyn rewire::nn::Model {
+        match self {
+            Built::Mlp(m) => m,
+            Built::Cnn(m) => m,
+        }
     }
 }
 
@@ -499,6 +523,7 @@ fn run_one(
     sparsity: f64,
     data: &(rewire::data::Dataset, rewire::data::Dataset),
     threads: usize,
+    device: Option<&Device>,
     mut log: Option<&mut rewire::train::JsonlLog>,
 ) -> rewire::Result<Vec<rewire::train::EpochReport>> {
     let (train_set, test_set) = data;
@@ -507,7 +532,8 @@ fn run_one(
         ModelSpec::Mlp(c) => c.sparsity,
         ModelSpec::Cnn(c) => c.sparsity,
     };
-    let mut model = config.build()?;
+    let mut built = config.build()?;
+    let model = built.model();
     let layers = model
         .weight_layers()
         .iter()
@@ -532,7 +558,7 @@ fn run_one(
         threads
     );
     let epochs = cfg.epochs;
-    rewire::train::train(model.as_mut(), train_set, test_set, &cfg, |r| {
+    let on_epoch = |r: &rewire::train::EpochReport| {
         println!(
             "epoch {:>3}/{epochs}  loss {:.4}  train {:6.2}%  test {:6.2}%  time {:7.2}s  live {} ({:.2}% of dense)  train FLOPs {:.3e}  lr {:.4}  rewired {}",
             r.epoch,
@@ -555,15 +581,31 @@ fn run_one(
                 "distribution": run.distribution,
                 "seed": run.seed,
                 "threads": threads,
+                "device": run.device,
                 "report": r,
             }))?;
         }
         Ok(())
-    })
+    };
+    match (device, &mut built) {
+        (None, b) => rewire::train::train(b.model_mut(), train_set, test_set, &cfg, on_epoch),
+        #[cfg(feature = "cuda")]
+        (Some(dev), Built::Mlp(m)) => {
+            rewire::cuda::train::train_mlp(dev, m, train_set, test_set, &cfg, on_epoch)
+        }
+        #[cfg(feature = "cuda")]
+        (Some(_), Built::Cnn(_)) => Err(rewire::Error::arg(
+            "device",
+            "CNNs train on the CPU only so far (no CUDA im2col yet); drop --device",
+        )),
+        #[cfg(not(feature = "cuda"))]
+        (Some(never), _) => match *never {},
+    }
 }
 
 fn run_train(args: TrainArgs) -> rewire::Result<()> {
     let (pool, threads) = thread_pool(&args.run)?;
+    let device = open_device(&args.run.device)?;
     let data = load_data(&args.run)?;
     let mut log = args
         .log
@@ -577,6 +619,7 @@ fn run_train(args: TrainArgs) -> rewire::Result<()> {
             args.sparsity,
             &data,
             threads,
+            device.as_ref(),
             log.as_mut(),
         )
     })?;
@@ -586,6 +629,7 @@ fn run_train(args: TrainArgs) -> rewire::Result<()> {
 fn run_compare(args: CompareArgs) -> rewire::Result<()> {
     use rewire::train::compare;
     let (pool, threads) = thread_pool(&args.run)?;
+    let device = open_device(&args.run.device)?;
     let data = load_data(&args.run)?;
     std::fs::create_dir_all(&args.out).map_err(|e| rewire::Error::io(&args.out, e))?;
     for m in &args.methods {
@@ -606,8 +650,17 @@ fn run_compare(args: CompareArgs) -> rewire::Result<()> {
         );
         let log_path = args.out.join(format!("{method}-{sparsity}.jsonl"));
         let mut log = rewire::train::JsonlLog::create(&log_path)?;
-        let reports =
-            pool.install(|| run_one(&args.run, method, *sparsity, &data, threads, Some(&mut log)))?;
+        let reports = pool.install(|| {
+            run_one(
+                &args.run,
+                method,
+                *sparsity,
+                &data,
+                threads,
+                device.as_ref(),
+                Some(&mut log),
+            )
+        })?;
         rows.push(compare::summarize(method, *sparsity, &reports)?);
         // rewrite the summaries after every run, so an interrupted comparison keeps them
         let mut partial = rows.clone();

@@ -296,6 +296,24 @@ impl Tape {
         Ok(self.push(rows, cols, value, Op::Input, requires_grad))
     }
 
+    /// Records data together with a gradient for it, as if a backward pass had produced
+    /// it: for replaying a pass that ran elsewhere (a GPU step's `X` and `dZ` for RigL's
+    /// grow step on the host).
+    pub fn input_with_grad(
+        &mut self,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+        grad: &[f32],
+    ) -> Result<Var> {
+        check_len("input gradient", data.len(), grad.len())?;
+        let v = self.input(data, rows, cols, true)?;
+        let mut g = self.pool.take(grad.len());
+        g.copy_from_slice(grad);
+        self.nodes[v.0].grad = Some(g);
+        Ok(v)
+    }
+
     /// The value of a node.
     pub fn value(&self, v: Var) -> &[f32] {
         &self.nodes[v.0].value

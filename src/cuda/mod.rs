@@ -8,6 +8,7 @@
 //! asking for CUDA where there is none is an [`Error::Cuda`], never a panic.
 
 pub mod bench;
+pub mod train;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -107,7 +108,7 @@ fn module_of(function: &str) -> &'static str {
         f if f.starts_with("spmm_") || f.starts_with("sddmm_") || f.starts_with("bsr_") => {
             "sparse.cu"
         }
-        _ => "sparse.cu",
+        _ => "train.cu",
     }
 }
 
@@ -209,6 +210,25 @@ impl CudaDevice {
         self.stream
             .clone_htod(data)
             .map_err(|e| cuda_err("copying to the device", e))
+    }
+
+    /// Copies host data into an existing device buffer of the same length.
+    pub fn upload_into<T: cudarc::driver::DeviceRepr>(
+        &self,
+        data: &[T],
+        dst: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        check_len("device buffer", dst.len(), data.len())?;
+        self.stream
+            .memcpy_htod(data, dst)
+            .map_err(|e| cuda_err("copying to the device", e))
+    }
+
+    /// Sets a device buffer to zero.
+    pub fn zero(&self, buf: &mut CudaSlice<f32>) -> Result<()> {
+        self.stream
+            .memset_zeros(buf)
+            .map_err(|e| cuda_err("zeroing device memory", e))
     }
 
     /// A zeroed device buffer of `len` floats.

@@ -190,6 +190,12 @@ impl Optimizer {
         self.state.get(id.0).map_or(&[], Vec::as_slice)
     }
 
+    /// The state buffers of parameter `id`, mutably (to bring back state kept elsewhere,
+    /// e.g. on a GPU, before a [`remap`](Self::remap)).
+    pub fn state_mut(&mut self, id: ParamId) -> &mut [AlignedVec] {
+        self.state.get_mut(id.0).map_or(&mut [], Vec::as_mut_slice)
+    }
+
     /// One update of every parameter from its `grad`, with learning rate `lr`.
     ///
     /// Fails, before touching anything, if the store's parameters are not those the
