@@ -19,7 +19,7 @@ typedef unsigned int u32;
 // loaded 32 at a time, one per lane, and broadcast with shuffles, so each is read from
 // memory once per warp. With `perm` non-null, entry q's value is values[perm[q]]: the
 // transposed pattern's SpMM (Aᵀ·B) without a transposed copy of the values.
-// grid: (ceil(N / (32·VEC)), ceil(M / WARPS)), block: (32, WARPS)
+// grid: (ceil(M / WARPS), ceil(N / (32·VEC))), block: (32, WARPS)
 // ---------------------------------------------------------------------------------------
 template <int VEC>
 __device__ __forceinline__ void spmm_row(const u32* __restrict__ row_ptr,
@@ -29,7 +29,7 @@ __device__ __forceinline__ void spmm_row(const u32* __restrict__ row_ptr,
                                          const float* __restrict__ b, float* __restrict__ c,
                                          u32 row, u32 n, float alpha, float beta) {
     const u32 lane = threadIdx.x;
-    const u32 j = (blockIdx.x * 32 + lane) * VEC;
+    const u32 j = (blockIdx.y * 32 + lane) * VEC;
     const u32 start = row_ptr[row], end = row_ptr[row + 1];
     float acc[VEC];
 #pragma unroll
@@ -78,7 +78,7 @@ __device__ __forceinline__ void spmm_csr(u32 m, u32 n, const u32* __restrict__ r
                                          const u32* __restrict__ order,
                                          const float* __restrict__ b, float* __restrict__ c,
                                          float alpha, float beta) {
-    const u32 slot = blockIdx.y * blockDim.y + threadIdx.y;
+    const u32 slot = blockIdx.x * blockDim.y + threadIdx.y;
     if (slot >= m) return;  // whole warp leaves together
     const u32 row = order ? order[slot] : slot;
     spmm_row<VEC>(row_ptr, col_idx, values, perm, b, c, row, n, alpha, beta);
@@ -160,7 +160,7 @@ extern "C" __global__ void sddmm_csr_f32_vec1(u32 m, u32 n, const u32* row_ptr,
 // rows y, y + ROWS_STEP, ... and columns 4x .. 4x+3 of the tile. For each stored block
 // the BS×BS values and the BS×128 slab of B are staged in shared memory, then every
 // thread does BS multiply-adds per owned element: a small dense GEMM per block.
-// grid: (ceil(N / 128), block rows), block: (32, min(BS, 8))
+// grid: (block rows, ceil(N / 128)), block: (32, min(BS, 8))
 // ---------------------------------------------------------------------------------------
 template <int BS>
 __device__ __forceinline__ void bsr_spmm(u32 n, const u32* __restrict__ brow_ptr,
@@ -172,10 +172,10 @@ __device__ __forceinline__ void bsr_spmm(u32 n, const u32* __restrict__ brow_ptr
     constexpr int ROWS_STEP = BS < 8 ? BS : 8;
     constexpr int PER = BS / ROWS_STEP;
     __shared__ float sa[BS * BS];
-    __shared__ float sb[BS * TILE];
-    const u32 br = blockIdx.y;
+    __shared__ __align__(16) float sb[BS * TILE];
+    const u32 br = blockIdx.x;
     const u32 x = threadIdx.x, y = threadIdx.y;
-    const u32 j0 = blockIdx.x * TILE;
+    const u32 j0 = blockIdx.y * TILE;
     const u32 tid = y * 32 + x, threads = 32 * ROWS_STEP;
     float acc[PER][4];
 #pragma unroll

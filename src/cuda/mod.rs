@@ -345,8 +345,8 @@ impl CudaDevice {
         const WARPS: u32 = 4;
         let cfg = LaunchConfig {
             grid_dim: (
-                n.div_ceil(32 * vec) as u32,
                 (p.nrows as u32).div_ceil(WARPS),
+                n.div_ceil(32 * vec) as u32,
                 1,
             ),
             block_dim: (32, WARPS, 1),
@@ -440,7 +440,7 @@ impl CudaDevice {
         }
         let f = self.function(&format!("bsr_spmm_f32_b{bs}"))?;
         let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(128) as u32, a.block_rows as u32, 1),
+            grid_dim: (a.block_rows as u32, n.div_ceil(128) as u32, 1),
             block_dim: (32, bs.min(8) as u32, 1),
             shared_mem_bytes: 0,
         };
