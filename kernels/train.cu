@@ -69,13 +69,12 @@ extern "C" __global__ void bias_act_backward_f32(u32 rows, u32 n, float* __restr
     if (threadIdx.x == 0) db[r] += partial[0];
 }
 
-// For each column j: probs[:, j] = softmax(logits[:, j]); loss[j] = −log probs[label_j, j]
-// (as (x − max) − log Σ e^(x − max), the CPU's stable form). One thread per column.
-extern "C" __global__ void softmax_ce_f32(u32 classes, u32 n, const float* __restrict__ logits,
-                                          const u32* __restrict__ labels,
-                                          float* __restrict__ probs, float* __restrict__ loss) {
-    const u32 j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= n) return;
+// softmax and cross-entropy of column j (see softmax_ce_f32)
+__device__ __forceinline__ void softmax_ce_column(u32 classes, u32 n,
+                                                  const float* __restrict__ logits,
+                                                  const u32* __restrict__ labels,
+                                                  float* __restrict__ probs,
+                                                  float* __restrict__ loss, u32 j) {
     float mx = -__int_as_float(0x7f800000);  // −∞ (no <math.h> under NVRTC)
     for (u32 c = 0; c < classes; ++c) mx = fmaxf(mx, logits[(size_t)c * n + j]);
     float sum = 0.0f;
@@ -87,6 +86,16 @@ extern "C" __global__ void softmax_ce_f32(u32 classes, u32 n, const float* __res
     for (u32 c = 0; c < classes; ++c) probs[(size_t)c * n + j] /= sum;
     const u32 l = labels[j];
     loss[j] = -(logits[(size_t)l * n + j] - mx - logf(sum));
+}
+
+// For each column j: probs[:, j] = softmax(logits[:, j]); loss[j] = −log probs[label_j, j]
+// (as (x − max) − log Σ e^(x − max), the CPU's stable form). One thread per column,
+// grid-stride.
+extern "C" __global__ void softmax_ce_f32(u32 classes, u32 n, const float* __restrict__ logits,
+                                          const u32* __restrict__ labels,
+                                          float* __restrict__ probs, float* __restrict__ loss) {
+    for (u32 j = blockIdx.x * blockDim.x + threadIdx.x; j < n; j += gridDim.x * blockDim.x)
+        softmax_ce_column(classes, n, logits, labels, probs, loss, j);
 }
 
 // dx[c, j] = (probs[c, j] − [c == label_j]) · scale (scale = 1 / batch)

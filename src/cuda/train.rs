@@ -67,13 +67,12 @@ impl DevParam {
 
     /// Brings values and state back to the host model and optimizer.
     fn download(&self, dev: &CudaDevice, model: &mut Mlp, opt: &mut Optimizer) -> Result<()> {
-        model
-            .params
-            .get_mut(self.id)
-            .value
-            .copy_from_slice(&dev.download(&self.value)?);
+        let value = &mut model.params.get_mut(self.id).value;
+        let len = value.len();
+        value.copy_from_slice(&dev.download(&self.value)?[..len]);
         for (host, d) in opt.state_mut(self.id).iter_mut().zip(&self.state) {
-            host.copy_from_slice(&dev.download(d)?);
+            let len = host.len();
+            host.copy_from_slice(&dev.download(d)?[..len]);
         }
         Ok(())
     }
@@ -535,6 +534,24 @@ pub fn train_mlp(
                 model.input_dim()
             ),
         ));
+    }
+    let classes = model.config.classes;
+    if let Some(d) = [train, test].into_iter().find(|d| d.classes > classes) {
+        return Err(Error::shape(
+            "train",
+            format!(
+                "the data has {} classes but the model has {classes} outputs",
+                d.classes
+            ),
+        ));
+    }
+    if let crate::nn::Activation::LeakyRelu(a) = model.config.activation {
+        if a.is_nan() || a < 0.0 {
+            return Err(Error::arg(
+                "activation",
+                format!("a leaky ReLU slope must be ≥ 0, got {a}"),
+            ));
+        }
     }
     let mut opt = Optimizer::new(cfg.optimizer.clone(), &model.params)?;
     let mut gpu = GpuMlp::new(dev, model, &opt)?;
