@@ -13,6 +13,8 @@
 //! Activations are stored feature-major (`[features × batch]`, row-major), so every
 //! sparse kernel vectorises along the batch dimension `N`.
 
+#![warn(missing_docs)]
+
 // The README's Rust examples are compiled and run as doctests.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
