@@ -8,6 +8,14 @@
 //! - [`cpu`]: hand-written SIMD + rayon kernels (SpMM, transposed SpMM, SDDMM, BSR SpMM)
 //!   beside their scalar references, and the dense `gemm` baseline;
 //! - [`bench`]: sparse-vs-dense kernel benchmarks measured in one run;
+//! - [`autograd`]: a reverse-mode tape whose sparse weight gradients exist only on live
+//!   connections (linear, activations, dropout, softmax CE, im2col, pooling, batch norm);
+//! - [`nn`]: parameters, layer distributions (uniform, ER, ERK), MLPs and CNNs behind the
+//!   [`nn::Model`] trait; [`optim`]: SGD and Adam with per-live-weight state;
+//! - [`dst`]: the rewiring engine and its methods (static, SET, RigL, DSR, gradual
+//!   magnitude pruning, prune-then-finetune); [`train`]: the loop, reports, comparisons;
+//! - [`data`]: IDX files, MNIST / Fashion-MNIST, generated data, batching;
+//! - `cuda` (feature `cuda`): the CUDA device, NVRTC-compiled kernels, GPU training;
 //! - [`kernels`]: the CUDA C sources embedded at build time.
 //!
 //! Activations are stored feature-major (`[features × batch]`, row-major), so every
