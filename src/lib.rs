@@ -7,7 +7,7 @@
 //! - [`sparse`]: CSR and block-sparse (BSR) formats, patterns kept apart from values;
 //! - [`cpu`]: hand-written SIMD + rayon kernels (SpMM, transposed SpMM, SDDMM, BSR SpMM)
 //!   beside their scalar references, and the dense `gemm` baseline;
-//! - [`bench`]: sparse-vs-dense kernel benchmarks measured in one run;
+//! - [`bench`](mod@bench): sparse-vs-dense kernel benchmarks measured in one run;
 //! - [`autograd`]: a reverse-mode tape whose sparse weight gradients exist only on live
 //!   connections (linear, activations, dropout, softmax CE, im2col, pooling, batch norm);
 //! - [`nn`]: parameters, layer distributions (uniform, ER, ERK), MLPs and CNNs behind the
