@@ -11,7 +11,7 @@ fn put(dst: &mut f32, acc: f64, alpha: f32, accum: Accum) {
     };
 }
 
-/// Reference for [`spmm`](super::spmm): `C = α·A·B (+ β·C)`.
+/// Reference for [`spmm`](super::spmm()): `C = α·A·B (+ β·C)`.
 #[allow(clippy::too_many_arguments)]
 pub fn spmm_ref(
     c: &mut [f32],
@@ -59,7 +59,7 @@ pub fn spmm_t_ref(
     }
 }
 
-/// Reference for [`sddmm`](super::sddmm).
+/// Reference for [`sddmm`](super::sddmm()).
 #[allow(clippy::too_many_arguments)]
 pub fn sddmm_ref(
     values: &mut [f32],
