@@ -22,12 +22,11 @@ use rand::RngExt;
 use super::{cuda_err, CudaDevice, GpuCsr};
 use crate::autograd::{argmax_cols, Act, Tape};
 use crate::data::Dataset;
-use crate::dst::Rewirer;
 use crate::error::{Error, Result};
 use crate::nn::{Mlp, Model, ParamId, ParamShape};
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::sparse::seed_rng;
-use crate::train::{EpochReport, TrainConfig};
+use crate::train::{plan_run, progress_bar, EpochReport, RunPlan, TrainConfig};
 
 /// The activation code of `kernels/train.cu`, and leaky ReLU's slope.
 fn act_code(act: Act) -> (i32, f32) {
@@ -522,19 +521,11 @@ pub fn train_mlp(
     cfg: &TrainConfig,
     mut on_epoch: impl FnMut(&EpochReport) -> Result<()>,
 ) -> Result<Vec<EpochReport>> {
-    if cfg.batch_size == 0 {
-        return Err(Error::arg("batch_size", "must be at least 1"));
-    }
-    if train.dim != model.input_dim() {
-        return Err(Error::shape(
-            "train",
-            format!(
-                "the data has {} features but the model takes {}",
-                train.dim,
-                model.input_dim()
-            ),
-        ));
-    }
+    let RunPlan {
+        steps_per_epoch,
+        total,
+        mut rewirer,
+    } = plan_run(model, train, cfg)?;
     let classes = model.config.classes;
     if let Some(d) = [train, test].into_iter().find(|d| d.classes > classes) {
         return Err(Error::shape(
@@ -556,16 +547,6 @@ pub fn train_mlp(
     let mut opt = Optimizer::new(cfg.optimizer.clone(), &model.params)?;
     let mut gpu = GpuMlp::new(dev, model, &opt)?;
     let mut rng = seed_rng(cfg.seed ^ 0x5eed);
-    let steps_per_epoch = train.n.div_ceil(cfg.batch_size);
-    let total = cfg
-        .max_steps
-        .unwrap_or(usize::MAX)
-        .min(steps_per_epoch * cfg.epochs);
-    let mut rewirer = cfg
-        .rewire
-        .clone()
-        .map(|r| Rewirer::new(r, total))
-        .transpose()?;
     let mut x = vec![0.0f32; train.dim * cfg.batch_size];
     let mut labels = vec![0u32; cfg.batch_size];
     let mut reports = Vec::new();
@@ -575,6 +556,12 @@ pub fn train_mlp(
             break;
         }
         let order = train.epoch_order(cfg.seed, epoch);
+        let bar = progress_bar(
+            cfg.progress,
+            steps_per_epoch.min(total - step),
+            epoch + 1,
+            cfg.epochs,
+        );
         let start = Instant::now();
         let (mut loss_sum, mut correct, mut seen, mut flops, mut steps, mut rewired) =
             (0.0f64, 0usize, 0usize, 0.0f64, 0usize, 0usize);
@@ -632,8 +619,14 @@ pub fn train_mlp(
             flops += model.train_flops_per_sample() * b as f64;
             steps += 1;
             step += 1;
+            if let Some(bar) = &bar {
+                bar.inc(1);
+            }
         }
         dev.synchronize()?;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
         let epoch_s = start.elapsed().as_secs_f64();
         let (test_loss, test_acc) = evaluate(&mut gpu, model, test, cfg.batch_size.max(256))?;
         let report = EpochReport {

@@ -205,15 +205,18 @@ pub fn evaluate(
     Ok((loss_sum / n, correct as f64 / n))
 }
 
-/// Trains `model` on `train`, evaluating on `test` after each epoch; `on_epoch` sees each
-/// report as it is made (to print or log it) and may stop the run with an error.
-pub fn train(
-    model: &mut dyn Model,
-    train: &Dataset,
-    test: &Dataset,
-    cfg: &TrainConfig,
-    mut on_epoch: impl FnMut(&EpochReport) -> Result<()>,
-) -> Result<Vec<EpochReport>> {
+/// The checked shape of a training run.
+pub(crate) struct RunPlan {
+    /// minibatches per epoch
+    pub steps_per_epoch: usize,
+    /// steps of the whole run (`max_steps` applied)
+    pub total: usize,
+    /// the rewiring method, scheduled over `total` steps
+    pub rewirer: Option<Rewirer>,
+}
+
+/// Checks a run's settings against the model and data and plans its steps.
+pub(crate) fn plan_run(model: &dyn Model, train: &Dataset, cfg: &TrainConfig) -> Result<RunPlan> {
     if cfg.batch_size == 0 {
         return Err(Error::arg("batch_size", "must be at least 1"));
     }
@@ -227,19 +230,40 @@ pub fn train(
             ),
         ));
     }
-    let mut opt = Optimizer::new(cfg.optimizer.clone(), model.params())?;
-    let mut tape = Tape::new(cfg.par);
-    let mut rng = seed_rng(cfg.seed ^ 0x5eed);
     let steps_per_epoch = train.n.div_ceil(cfg.batch_size);
     let total = cfg
         .max_steps
         .unwrap_or(usize::MAX)
         .min(steps_per_epoch * cfg.epochs);
-    let mut rewirer = cfg
+    let rewirer = cfg
         .rewire
         .clone()
         .map(|r| Rewirer::new(r, total))
         .transpose()?;
+    Ok(RunPlan {
+        steps_per_epoch,
+        total,
+        rewirer,
+    })
+}
+
+/// Trains `model` on `train`, evaluating on `test` after each epoch; `on_epoch` sees each
+/// report as it is made (to print or log it) and may stop the run with an error.
+pub fn train(
+    model: &mut dyn Model,
+    train: &Dataset,
+    test: &Dataset,
+    cfg: &TrainConfig,
+    mut on_epoch: impl FnMut(&EpochReport) -> Result<()>,
+) -> Result<Vec<EpochReport>> {
+    let RunPlan {
+        steps_per_epoch,
+        total,
+        mut rewirer,
+    } = plan_run(&*model, train, cfg)?;
+    let mut opt = Optimizer::new(cfg.optimizer.clone(), model.params())?;
+    let mut tape = Tape::new(cfg.par);
+    let mut rng = seed_rng(cfg.seed ^ 0x5eed);
     let mut x = vec![0.0f32; train.dim * cfg.batch_size];
     let mut labels = vec![0u32; cfg.batch_size];
     let mut reports = Vec::new();
@@ -338,7 +362,7 @@ pub fn train(
     Ok(reports)
 }
 
-fn progress_bar(
+pub(crate) fn progress_bar(
     show: bool,
     len: usize,
     epoch: usize,
