@@ -115,6 +115,15 @@ unsafe fn sddmm_rows(
                     finish8(out.add(p), dot8(lrow, rrows, n), alpha, accum);
                     p += LANES;
                 }
+                // the panel's last entries of the row: four, then one, at a time
+                while p + 4 <= end && *cols.get_unchecked(p + 3) < k1 {
+                    let rrows: [*const f32; 4] =
+                        std::array::from_fn(|g| r.add(*cols.get_unchecked(p + g) as usize * n));
+                    for (g, d) in dot_group(lrow, rrows, n).into_iter().enumerate() {
+                        write(out.add(p + g), d, alpha, accum);
+                    }
+                    p += 4;
+                }
                 while p < end && *cols.get_unchecked(p) < k1 {
                     let rrow = r.add(*cols.get_unchecked(p) as usize * n);
                     let d = dot_group(lrow, [rrow], n)[0];
@@ -237,6 +246,9 @@ fn block_sizes(n: usize, k: usize) -> (usize, usize) {
     let row_bytes = (n * 4).max(4);
     let rb = (L2_BUDGET / 3 / row_bytes).clamp(8, MAX_RB);
     let kb = (L2_BUDGET * 2 / 3 / row_bytes).clamp(16, k.max(16));
+    // panels of equal width: no thin last panel whose few entries per row miss the
+    // eight-wide groups
+    let kb = k.div_ceil(k.div_ceil(kb).max(1)).max(1);
     (rb, kb)
 }
 
