@@ -298,7 +298,7 @@ impl Tape {
             ));
         }
         let xv = &self.nodes[x.0].value;
-        let mut stats = vec![0.0f32; 3 * rows];
+        let mut stats = self.pool.take(3 * rows);
         match running {
             Some((mean, var)) => {
                 check_len("batch norm running mean", rows, mean.len())?;
@@ -345,7 +345,7 @@ impl Tape {
         };
         let v = self.push(rows, n, out, op, rg);
         self.nodes[v.0].aux = Some(xhat);
-        self.nodes[v.0].stats = stats;
+        self.nodes[v.0].stats = Some(stats);
         Ok(v)
     }
 
@@ -356,7 +356,8 @@ impl Tape {
             return None;
         }
         let rows = node.rows;
-        Some((&node.stats[..rows], &node.stats[rows..2 * rows]))
+        let stats = node.stats.as_deref()?;
+        Some((&stats[..rows], &stats[rows..2 * rows]))
     }
 
     /// col2im: scatters the gradient `g` of an im2col node back onto its input.
@@ -489,7 +490,11 @@ impl Tape {
         let node = &self.nodes[i];
         let xhat = node.aux.as_deref().expect("batch norm keeps x̂");
         let gv = &params.get(gamma).value;
-        let inv_std = &node.stats[2 * rows..3 * rows];
+        let stats = node
+            .stats
+            .as_deref()
+            .expect("batch norm keeps its statistics");
+        let inv_std = &stats[2 * rows..3 * rows];
         let inv_n = 1.0 / n.max(1) as f32;
         for_rows(self.par, &mut dx, n, |r, d| {
             let scale = gv[r] * inv_std[r];

@@ -175,7 +175,7 @@ struct Node {
     aux: Option<AlignedVec>,
     labels: Vec<u32>,
     /// per-row statistics (batch norm)
-    stats: Vec<f32>,
+    stats: Option<AlignedVec>,
     op: Op,
     requires_grad: bool,
 }
@@ -240,6 +240,9 @@ impl Tape {
             if let Some(a) = node.aux {
                 self.pool.give(a);
             }
+            if let Some(s) = node.stats {
+                self.pool.give(s);
+            }
         }
     }
 
@@ -268,7 +271,7 @@ impl Tape {
             grad: None,
             aux: None,
             labels: Vec::new(),
-            stats: Vec::new(),
+            stats: None,
             op,
             requires_grad,
         });

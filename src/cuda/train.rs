@@ -24,7 +24,7 @@ use crate::autograd::{argmax_cols, Act, Tape};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::nn::{Mlp, Model, ParamId, ParamShape};
-use crate::optim::{Optimizer, OptimizerConfig};
+use crate::optim::{AdamStep, Optimizer, OptimizerConfig};
 use crate::sparse::seed_rng;
 use crate::train::{plan_run, progress_bar, EpochReport, RunPlan, TrainConfig};
 
@@ -425,10 +425,7 @@ impl<'a> GpuMlp<'a> {
                         decoupled,
                     } => {
                         let wd = if p.decay { weight_decay } else { 0.0 };
-                        let (l2, dwd) = if decoupled { (0.0, wd) } else { (wd, 0.0) };
-                        let shrink = 1.0 - lr * dwd;
-                        let step_size = (lr as f64 / (1.0 - (beta1 as f64).powf(t as f64))) as f32;
-                        let bc2 = (1.0 - (beta2 as f64).powf(t as f64)).sqrt() as f32;
+                        let h = AdamStep::new(beta1, beta2, eps, wd, decoupled, lr, t);
                         let f = dev.function("adam_f32")?;
                         let [m, v] = p.state.as_mut_slice() else {
                             return Err(Error::Training("Adam needs two state buffers".into()));
@@ -440,13 +437,13 @@ impl<'a> GpuMlp<'a> {
                             .arg(&p.grad)
                             .arg(m)
                             .arg(v)
-                            .arg(&beta1)
-                            .arg(&beta2)
-                            .arg(&eps)
-                            .arg(&l2)
-                            .arg(&shrink)
-                            .arg(&step_size)
-                            .arg(&bc2);
+                            .arg(&h.beta1)
+                            .arg(&h.beta2)
+                            .arg(&h.eps)
+                            .arg(&h.l2)
+                            .arg(&h.shrink)
+                            .arg(&h.step_size)
+                            .arg(&h.bc2_sqrt);
                         // SAFETY: the signature of adam_f32; every buffer holds len floats.
                         unsafe { launch.launch(grid(len as usize)) }
                             .map_err(|e| cuda_err("launching adam", e))?;

@@ -278,22 +278,11 @@ impl Optimizer {
                     weight_decay,
                     decoupled,
                 } => {
-                    let wd = if p.decay { weight_decay } else { 0.0 };
-                    let (l2, decoupled_wd) = if decoupled { (0.0, wd) } else { (wd, 0.0) };
                     let [m, v] = bufs.as_mut_slice() else {
                         unreachable!("Adam keeps two buffers per parameter")
                     };
-                    let h = AdamStep {
-                        beta1,
-                        beta2,
-                        eps,
-                        l2,
-                        // AdamW: w ← w·(1 − lr·wd), as PyTorch does
-                        shrink: 1.0 - lr * decoupled_wd,
-                        // bias corrections in f64, as PyTorch computes them in Python floats
-                        step_size: (lr as f64 / (1.0 - (beta1 as f64).powf(t as f64))) as f32,
-                        bc2_sqrt: (1.0 - (beta2 as f64).powf(t as f64)).sqrt() as f32,
-                    };
+                    let wd = if p.decay { weight_decay } else { 0.0 };
+                    let h = AdamStep::new(beta1, beta2, eps, wd, decoupled, lr, t);
                     adam(w, g, m, v, &h);
                 }
             }
@@ -401,21 +390,48 @@ fn sgd_momentum(
 }
 
 /// Per-step scalars of an Adam update.
-struct AdamStep {
+pub(crate) struct AdamStep {
     /// first-moment decay
-    beta1: f32,
+    pub beta1: f32,
     /// second-moment decay
-    beta2: f32,
+    pub beta2: f32,
     /// denominator guard
-    eps: f32,
+    pub eps: f32,
     /// L2 coefficient added to the gradient (Adam)
-    l2: f32,
+    pub l2: f32,
     /// factor applied to the weights before the update (AdamW)
-    shrink: f32,
+    pub shrink: f32,
     /// `lr / (1 − β1ᵗ)`
-    step_size: f32,
+    pub step_size: f32,
     /// `sqrt(1 − β2ᵗ)`
-    bc2_sqrt: f32,
+    pub bc2_sqrt: f32,
+}
+
+impl AdamStep {
+    /// The scalars of step `t` (from 1) for a parameter with weight decay `wd`
+    /// (0 where it has none): decoupled (AdamW) or as an L2 term (Adam).
+    pub(crate) fn new(
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        wd: f32,
+        decoupled: bool,
+        lr: f32,
+        t: u64,
+    ) -> Self {
+        let (l2, decoupled_wd) = if decoupled { (0.0, wd) } else { (wd, 0.0) };
+        AdamStep {
+            beta1,
+            beta2,
+            eps,
+            l2,
+            // AdamW: w ← w·(1 − lr·wd), as PyTorch does
+            shrink: 1.0 - lr * decoupled_wd,
+            // bias corrections in f64, as PyTorch computes them in Python floats
+            step_size: (lr as f64 / (1.0 - (beta1 as f64).powf(t as f64))) as f32,
+            bc2_sqrt: (1.0 - (beta2 as f64).powf(t as f64)).sqrt() as f32,
+        }
+    }
 }
 
 /// PyTorch's Adam / AdamW update:
