@@ -47,14 +47,23 @@ fn every_kernel_source_compiles_with_nvrtc() {
         for arch in ["sm_80", "sm_90"] {
             let ptx = cuda::compile(file, arch).unwrap_or_else(|e| panic!("{e}"));
             let text = ptx.to_src();
-            for entry in [
-                "spmm_csr_f32_vec4",
-                "sddmm_csr_f32_vec1",
-                "bsr_spmm_f32_b16",
-            ] {
-                if file == &"sparse.cu" {
-                    assert!(text.contains(entry), "{file} for {arch} lacks {entry}");
-                }
+            let entries: &[&str] = match *file {
+                "sparse.cu" => &[
+                    "spmm_csr_f32_vec4",
+                    "sddmm_csr_f32_vec1",
+                    "bsr_spmm_f32_b16",
+                ],
+                "select.cu" => &[
+                    "rigl_keys_f32",
+                    "rigl_mask_live_u32",
+                    "radix_hist_u32",
+                    "select_collect_u32",
+                ],
+                "train.cu" => &["bias_act_f32", "softmax_ce_f32", "adam_f32"],
+                _ => &[],
+            };
+            for entry in entries {
+                assert!(text.contains(entry), "{file} for {arch} lacks {entry}");
             }
         }
     }
@@ -322,5 +331,119 @@ fn gpu_training_agrees_with_the_cpu() {
             assert_eq!(c.live_weights, g.live_weights, "{kind:?} live weights");
         }
         assert_eq!(cpu_model.live_weights(), gpu_model.live_weights());
+    }
+}
+
+/// The top `k` positions of `keys` above 0 by (key descending, position ascending), sorted.
+fn top_k_by_sort(keys: &[u32], k: usize) -> Vec<u32> {
+    let mut pos: Vec<u32> = (0..keys.len() as u32)
+        .filter(|&i| keys[i as usize] > 0)
+        .collect();
+    pos.sort_by_key(|&i| (std::cmp::Reverse(keys[i as usize]), i));
+    pos.truncate(k);
+    pos.sort_unstable();
+    pos
+}
+
+#[test]
+fn radix_selection_matches_a_sort() {
+    // the host side of the GPU's top-k (the same passes, histograms counted on the host)
+    let mut rng = seed_rng(21);
+    for (len, range) in [
+        (1usize, 2u32),
+        (10, 2),
+        (100, 3),
+        (1000, 40),
+        (5000, 1 << 12),
+        (5000, u32::MAX),
+    ] {
+        let keys: Vec<u32> = (0..len)
+            .map(|_| {
+                let v = rng.random_range(0..range);
+                // spread small ranges over every byte, so that each pass matters
+                if range < 256 {
+                    v.wrapping_mul(0x0101_0101)
+                } else {
+                    v
+                }
+            })
+            .collect();
+        let candidates = keys.iter().filter(|&&k| k > 0).count();
+        for k in [
+            0,
+            1,
+            candidates / 3,
+            candidates.saturating_sub(1),
+            candidates,
+        ] {
+            let got = cuda::radix_select_host(&keys, k).unwrap();
+            assert_eq!(
+                got,
+                top_k_by_sort(&keys, k),
+                "len {len} range {range} k {k}"
+            );
+        }
+        assert!(cuda::radix_select_host(&keys, candidates + 1).is_err());
+    }
+}
+
+#[test]
+fn gpu_rigl_grow_matches_the_cpu_choice() {
+    use rewire::autograd::Tape;
+    use rewire::dst::{GrowScores, TapeScores};
+    let Some(dev) = device() else { return };
+    let mut rng = seed_rng(22);
+    let mut scratch = cuda::GrowScratch::default();
+    for (out, fan_in, n, density) in [
+        (1usize, 1usize, 1usize, 0.0f64),
+        (7, 9, 3, 0.3),
+        (64, 100, 8, 0.1),
+        (300, 784, 16, 0.05),
+        (10, 1000, 4, 0.9),
+        (33, 65, 5, 1.0),
+    ] {
+        let nnz = ((out * fan_in) as f64 * density).round() as usize;
+        let pattern = CsrPattern::random(out, fan_in, nnz, &mut rng).unwrap();
+        // small integers, so that both sides form the same gradient exactly; zero input
+        // rows (as MNIST's border pixels) give whole columns of tied zeros
+        let x: Vec<f32> = (0..fan_in * n)
+            .map(|i| {
+                if (i / n) % 5 == 0 {
+                    0.0
+                } else {
+                    rng.random_range(-2i32..=2) as f32
+                }
+            })
+            .collect();
+        let dz: Vec<f32> = (0..out * n)
+            .map(|_| rng.random_range(-2i32..=2) as f32)
+            .collect();
+        let dropped: Vec<bool> = (0..nnz).map(|_| rng.random_bool(0.3)).collect();
+        let free = out * fan_in - (nnz - dropped.iter().filter(|&&d| d).count());
+        let (csr, dzd, xd) = (
+            GpuCsr::new(&dev, &pattern).unwrap(),
+            dev.upload(&dz).unwrap(),
+            dev.upload(&x).unwrap(),
+        );
+        let mut tape = Tape::new(rewire::Par::Seq);
+        let xv = tape.input(&x, fan_in, n, false).unwrap();
+        let zv = tape
+            .input_with_grad(&vec![0.0; out * n], out, n, &dz)
+            .unwrap();
+        let trace = [(xv, zv)];
+        let mut cpu = TapeScores {
+            tape: &tape,
+            trace: &trace,
+        };
+        for k in [0, 1, free / 3, free] {
+            let (want, _) = cpu.largest(0, &pattern, &dropped, k).unwrap();
+            let got = dev
+                .rigl_grow(&mut scratch, &csr, &dzd, &xd, n, &dropped, k)
+                .unwrap();
+            assert_eq!(got, want, "{out}x{fan_in} n {n} density {density} k {k}");
+        }
+        assert!(dev
+            .rigl_grow(&mut scratch, &csr, &dzd, &xd, n, &dropped, free + 1)
+            .is_err());
     }
 }

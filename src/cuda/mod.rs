@@ -8,10 +8,12 @@
 //! asking for CUDA where there is none is an [`Error::Cuda`], never a panic.
 
 pub mod bench;
+pub mod select;
 pub mod train;
 
 /// A device buffer (cudarc's), as the kernel wrappers take them.
 pub use cudarc::driver::CudaSlice;
+pub use select::{radix_select_host, GrowScratch};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -120,6 +122,9 @@ fn module_of(function: &str) -> &'static str {
     match function {
         f if f.starts_with("spmm_") || f.starts_with("sddmm_") || f.starts_with("bsr_") => {
             "sparse.cu"
+        }
+        f if f.starts_with("rigl_") || f.starts_with("radix_") || f.starts_with("select_") => {
+            "select.cu"
         }
         _ => "train.cu",
     }

@@ -4,11 +4,14 @@
 //! SGD or Adam over live weights — with weights, gradients and optimizer state on the
 //! device.
 //!
-//! Rewiring runs on the host with the CPU's methods: at an update step the weights and
-//! optimizer state come back (and, for RigL, each layer's `X` and `dZ` of that step), the
-//! [`Rewirer`] edits the patterns exactly as on the CPU, and the new patterns, values and
-//! state go back to the device. Updates are every ΔT steps (100 by default), so the
-//! copies cost little.
+//! Rewiring runs the CPU's methods: at an update step the weights and optimizer state
+//! come back, the [`Rewirer`] edits the patterns exactly as on the CPU, and the new
+//! patterns, values and state go back to the device. RigL's grow step stays on the
+//! device: each layer's dense gradient `dZ·Xᵀ` through cuBLAS and the choice of the `k`
+//! largest by radix selection ([`CudaDevice::rigl_grow`]); only the chosen positions
+//! cross. Updates are every ΔT steps (100 by default), so the copies cost little.
+//!
+//! [`Rewirer`]: crate::dst::Rewirer
 //!
 //! Dropout masks come from a counter-based generator on the device, so a run with
 //! dropout does not reproduce the CPU's masks; without dropout the two agree up to
@@ -19,13 +22,14 @@ use std::time::Instant;
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use rand::RngExt;
 
-use super::{cuda_err, CudaDevice, GpuCsr};
-use crate::autograd::{argmax_cols, Act, Tape};
+use super::{cuda_err, CudaDevice, GpuCsr, GrowScratch};
+use crate::autograd::{argmax_cols, Act};
 use crate::data::Dataset;
+use crate::dst::GrowScores;
 use crate::error::{Error, Result};
 use crate::nn::{Mlp, Model, ParamId, ParamShape};
 use crate::optim::{AdamStep, Optimizer, OptimizerConfig};
-use crate::sparse::seed_rng;
+use crate::sparse::{seed_rng, CsrPattern};
 use crate::train::{plan_run, progress_bar, EpochReport, RunPlan, TrainConfig};
 
 /// The activation code of `kernels/train.cu`, and leaky ReLU's slope.
@@ -267,14 +271,8 @@ impl<'a> GpuMlp<'a> {
     }
 
     /// Backward pass of the last forward on buffers `bi`: gradients of every parameter.
-    /// With `trace`, also returns per layer `(X, dZ)` on the host (for RigL).
-    fn backward(
-        &mut self,
-        bi: usize,
-        model: &Mlp,
-        train: bool,
-        trace: bool,
-    ) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
+    /// Each layer's `dZ` stays in the buffers (RigL's grow step reads it).
+    fn backward(&mut self, bi: usize, model: &Mlp, train: bool) -> Result<()> {
         let dev = self.dev;
         let last = self.layers.len() - 1;
         let buf = &mut self.buffers[bi];
@@ -293,7 +291,6 @@ impl<'a> GpuMlp<'a> {
         // SAFETY: the signature of softmax_ce_backward_f32.
         unsafe { launch.launch(grid(classes * n)) }
             .map_err(|e| cuda_err("launching softmax_ce_backward", e))?;
-        let mut traced = vec![(Vec::new(), Vec::new()); self.layers.len()];
         for l in (0..=last).rev() {
             let layer = &mut self.layers[l];
             if l < last {
@@ -338,9 +335,6 @@ impl<'a> GpuMlp<'a> {
             unsafe { launch.launch(cfg) }
                 .map_err(|e| cuda_err("launching bias_act_backward", e))?;
             let input = if l == 0 { &buf.x } else { &buf.h[l - 1] };
-            if trace {
-                traced[l] = (dev.download(input)?, dev.download(&buf.g[l])?);
-            }
             match &layer.csr {
                 Some(csr) => {
                     dev.sddmm(&mut layer.weight.grad, csr, &buf.g[l], input, n, 1.0, 0.0)?;
@@ -380,7 +374,7 @@ impl<'a> GpuMlp<'a> {
                 }
             }
         }
-        Ok(traced)
+        Ok(())
     }
 
     /// One optimizer step over every parameter.
@@ -508,6 +502,50 @@ fn evaluate(gpu: &mut GpuMlp, model: &Mlp, data: &Dataset, batch: usize) -> Resu
     Ok((loss_sum / n, correct as f64 / n))
 }
 
+/// RigL's grow choice from the update step's `X` and `dZ`, which stay on the device.
+struct DeviceScores<'g, 'a> {
+    gpu: &'g GpuMlp<'a>,
+    /// the buffers of the step's batch size
+    bi: usize,
+    scratch: &'g mut GrowScratch,
+}
+
+impl GrowScores for DeviceScores<'_, '_> {
+    fn largest(
+        &mut self,
+        layer: usize,
+        pattern: &CsrPattern,
+        dropped: &[bool],
+        k: usize,
+    ) -> Result<(Vec<(u32, u32)>, f64)> {
+        let gpu = self.gpu;
+        let dev_layer = gpu.layers.get(layer).ok_or_else(|| {
+            Error::Training(format!(
+                "RigL update of layer {layer}, which the GPU model lacks"
+            ))
+        })?;
+        let csr = match &dev_layer.csr {
+            Some(csr) if csr.version() == pattern.version() => csr,
+            _ => {
+                return Err(Error::Training(format!(
+                    "RigL update of layer {layer}: the device holds another pattern"
+                )))
+            }
+        };
+        let buf = &gpu.buffers[self.bi];
+        let x = if layer == 0 {
+            &buf.x
+        } else {
+            &buf.h[layer - 1]
+        };
+        let grow = gpu
+            .dev
+            .rigl_grow(self.scratch, csr, &buf.g[layer], x, buf.n, dropped, k)?;
+        let flops = 2.0 * (dev_layer.fan_out * dev_layer.fan_in * buf.n) as f64;
+        Ok((grow, flops))
+    }
+}
+
 /// Trains `model` on device `dev` with the same loop, schedule, methods and reports as
 /// [`crate::train::train`]; on return the host model holds the trained weights.
 pub fn train_mlp(
@@ -543,6 +581,7 @@ pub fn train_mlp(
     }
     let mut opt = Optimizer::new(cfg.optimizer.clone(), &model.params)?;
     let mut gpu = GpuMlp::new(dev, model, &opt)?;
+    let mut grow_scratch = GrowScratch::default();
     let mut rng = seed_rng(cfg.seed ^ 0x5eed);
     let mut x = vec![0.0f32; train.dim * cfg.batch_size];
     let mut labels = vec![0u32; cfg.batch_size];
@@ -569,7 +608,6 @@ pub fn train_mlp(
             }
             let b = chunk.len();
             let update = rewirer.as_ref().is_some_and(|r| r.is_update(step));
-            let traced = rewirer.as_ref().is_some_and(|r| r.needs_trace(step));
             train.fill_batch(chunk, &mut x[..train.dim * b], &mut labels[..b])?;
             let bi = gpu.buffers(b)?;
             dev.upload_into(&x[..train.dim * b], &mut gpu.buffers[bi].x)?;
@@ -589,22 +627,17 @@ pub fn train_mlp(
                 .zip(&labels[..b])
                 .filter(|(p, l)| p == l)
                 .count();
-            let trace = gpu.backward(bi, model, true, traced)?;
+            gpu.backward(bi, model, true)?;
             lr = cfg.schedule.lr(cfg.lr, step, total, steps_per_epoch);
             match rewirer.as_mut() {
                 Some(r) if update => {
                     gpu.download(model, &mut opt)?;
-                    let mut tape = Tape::new(cfg.par);
-                    let mut vars = Vec::new();
-                    if traced {
-                        for (layer, (xh, dz)) in gpu.layers.iter().zip(&trace) {
-                            let xv = tape.input(xh, layer.fan_in, b, false)?;
-                            let zv = tape.input_with_grad(dz, layer.fan_out, b, dz)?;
-                            vars.push((xv, zv));
-                        }
-                        *r.trace_mut() = vars;
-                    }
-                    let rep = r.update(step, model, &mut opt, &tape)?;
+                    let mut scores = DeviceScores {
+                        gpu: &gpu,
+                        bi,
+                        scratch: &mut grow_scratch,
+                    };
+                    let rep = r.update_with(step, model, &mut opt, &mut scores)?;
                     rewired += rep.rewired;
                     flops += rep.flops;
                     gpu.upload_patterns(model, &opt)?;

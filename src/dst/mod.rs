@@ -11,7 +11,9 @@
 
 pub mod rewirer;
 
-pub use rewirer::{MethodKind, RewireConfig, Rewirer, UpdateReport, UpdateSchedule};
+pub use rewirer::{
+    GrowScores, MethodKind, RewireConfig, Rewirer, TapeScores, UpdateReport, UpdateSchedule,
+};
 
 use std::sync::Arc;
 

@@ -258,6 +258,25 @@ impl Rewirer {
         opt: &mut Optimizer,
         tape: &Tape,
     ) -> Result<UpdateReport> {
+        let trace = std::mem::take(&mut self.trace);
+        let mut scores = TapeScores {
+            tape,
+            trace: &trace,
+        };
+        let report = self.update_with(step, model, opt, &mut scores);
+        self.trace = trace;
+        report
+    }
+
+    /// [`Rewirer::update`] with RigL's grow choice made by `scores` (for example on a
+    /// GPU, where the step's `X` and `dZ` live); the other methods ignore it.
+    pub fn update_with(
+        &mut self,
+        step: usize,
+        model: &mut dyn Model,
+        opt: &mut Optimizer,
+        scores: &mut dyn GrowScores,
+    ) -> Result<UpdateReport> {
         if self.config.kind == MethodKind::Dsr {
             return self.dsr_update(model, opt);
         }
@@ -306,16 +325,14 @@ impl Rewirer {
                     &mut self.rng,
                 ),
                 MethodKind::RigL => {
-                    let &(x, z) = self.trace.get(l).ok_or_else(|| {
-                        Error::Training("RigL update without a recorded forward pass".into())
-                    })?;
-                    let dz = tape.grad(z).ok_or_else(|| {
-                        Error::Training("RigL update without retained gradients".into())
-                    })?;
-                    let (_, n) = tape.dims(z);
-                    report.flops +=
-                        2.0 * pattern.nrows() as f64 * pattern.ncols() as f64 * n as f64;
-                    rigl_edit(&pattern, &param.value, k, dz, tape.value(x), n, tape)?
+                    let drop = smallest_magnitudes(&param.value, k);
+                    let mut dropped = vec![false; pattern.nnz()];
+                    for &p in &drop {
+                        dropped[p as usize] = true;
+                    }
+                    let (grow, flops) = scores.largest(l, &pattern, &dropped, k)?;
+                    report.flops += flops;
+                    Edit { drop, grow }
                 }
             };
             let stats = apply_edit(model.params_mut(), opt, id, &edit)?;
@@ -508,79 +525,110 @@ fn smallest_magnitudes(values: &[f32], k: usize) -> Vec<u32> {
     idx
 }
 
-/// RigL: drop the `k` smallest |w|; grow the `k` connections, not live after the drop,
-/// with the largest |∂L/∂W| = |dZ·Xᵀ|, computed in blocks of rows so that no `out × in`
-/// buffer exists for large layers.
-fn rigl_edit(
-    pattern: &CsrPattern,
-    values: &[f32],
-    k: usize,
-    dz: &[f32],
-    x: &[f32],
-    n: usize,
-    tape: &Tape,
-) -> Result<Edit> {
-    let drop = smallest_magnitudes(values, k);
-    let (out, fan_in) = (pattern.nrows(), pattern.ncols());
-    let mut dropped = vec![false; pattern.nnz()];
-    for &p in &drop {
-        dropped[p as usize] = true;
-    }
-    // rows per block: about 4 MiB of dense gradient at a time
-    let rb = ((1 << 20) / fan_in.max(1)).clamp(1, out.max(1));
-    let mut block = vec![0.0f32; rb * fan_in];
-    let mut best: Vec<(f32, u32, u32)> = Vec::with_capacity(4 * k);
-    let mut live_row = vec![false; fan_in];
-    let by_score = |a: &(f32, u32, u32), b: &(f32, u32, u32)| {
-        b.0.partial_cmp(&a.0)
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then((a.1, a.2).cmp(&(b.1, b.2)))
-    };
-    let mut r0 = 0;
-    while r0 < out {
-        let r1 = (r0 + rb).min(out);
-        let rows = r1 - r0;
-        let g = &mut block[..rows * fan_in];
-        // G[r0..r1, :] = dZ[r0..r1, :] · Xᵀ
-        gemm_ex(
-            g,
-            &dz[r0 * n..r1 * n],
-            Trans::No,
-            x,
-            Trans::Yes,
-            rows,
-            n,
-            fan_in,
-            1.0,
-            Accum::Replace,
-            tape.par(),
-        )?;
-        for i in r0..r1 {
-            for p in pattern.row_range(i) {
-                live_row[pattern.col_idx()[p] as usize] = !dropped[p];
-            }
-            let grow_row = &g[(i - r0) * fan_in..(i - r0 + 1) * fan_in];
-            for (j, &gv) in grow_row.iter().enumerate() {
-                if !live_row[j] {
-                    best.push((gv.abs(), i as u32, j as u32));
+/// RigL's grow choice for one sparse layer: the `k` connections that are not live after
+/// the drop with the largest |∂L/∂W| = |dZ·Xᵀ| of the update step's minibatch, ties
+/// going to the lower row-major position `(row, col)`.
+pub trait GrowScores {
+    /// The `k` positions `(row, col)` to grow in weight layer `layer` (an index into
+    /// [`Model::weight_layers`]) whose live entries are `pattern` minus those flagged in
+    /// `dropped` (one flag per entry), and the floating-point operations spent.
+    fn largest(
+        &mut self,
+        layer: usize,
+        pattern: &CsrPattern,
+        dropped: &[bool],
+        k: usize,
+    ) -> Result<(Vec<(u32, u32)>, f64)>;
+}
+
+/// [`GrowScores`] from a tape holding the step's forward and backward: each layer's `X`
+/// and `dZ` as recorded with [`Rewirer::trace_mut`]. The dense gradient is formed in
+/// blocks of rows (about 4 MiB at a time), keeping only the best candidates, so that no
+/// `out × in` buffer exists for large layers.
+pub struct TapeScores<'a> {
+    /// the tape of the update step
+    pub tape: &'a Tape,
+    /// per weight layer, its input `X` and its product `Z` (gradient retained)
+    pub trace: &'a [(Var, Var)],
+}
+
+impl GrowScores for TapeScores<'_> {
+    fn largest(
+        &mut self,
+        layer: usize,
+        pattern: &CsrPattern,
+        dropped: &[bool],
+        k: usize,
+    ) -> Result<(Vec<(u32, u32)>, f64)> {
+        let tape = self.tape;
+        let &(x, z) = self
+            .trace
+            .get(layer)
+            .ok_or_else(|| Error::Training("RigL update without a recorded forward pass".into()))?;
+        let dz = tape
+            .grad(z)
+            .ok_or_else(|| Error::Training("RigL update without retained gradients".into()))?;
+        let (_, n) = tape.dims(z);
+        let x = tape.value(x);
+        let (out, fan_in) = (pattern.nrows(), pattern.ncols());
+        let flops = 2.0 * out as f64 * fan_in as f64 * n as f64;
+        // rows per block: about 4 MiB of dense gradient at a time
+        let rb = ((1 << 20) / fan_in.max(1)).clamp(1, out.max(1));
+        let mut block = vec![0.0f32; rb * fan_in];
+        let mut best: Vec<(f32, u32, u32)> = Vec::with_capacity(4 * k);
+        let mut live_row = vec![false; fan_in];
+        let by_score = |a: &(f32, u32, u32), b: &(f32, u32, u32)| {
+            b.0.partial_cmp(&a.0)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then((a.1, a.2).cmp(&(b.1, b.2)))
+        };
+        let mut r0 = 0;
+        while r0 < out {
+            let r1 = (r0 + rb).min(out);
+            let rows = r1 - r0;
+            let g = &mut block[..rows * fan_in];
+            // G[r0..r1, :] = dZ[r0..r1, :] · Xᵀ
+            gemm_ex(
+                g,
+                &dz[r0 * n..r1 * n],
+                Trans::No,
+                x,
+                Trans::Yes,
+                rows,
+                n,
+                fan_in,
+                1.0,
+                Accum::Replace,
+                tape.par(),
+            )?;
+            for i in r0..r1 {
+                for p in pattern.row_range(i) {
+                    live_row[pattern.col_idx()[p] as usize] = !dropped[p];
+                }
+                let grow_row = &g[(i - r0) * fan_in..(i - r0 + 1) * fan_in];
+                for (j, &gv) in grow_row.iter().enumerate() {
+                    if !live_row[j] {
+                        best.push((gv.abs(), i as u32, j as u32));
+                    }
+                }
+                for p in pattern.row_range(i) {
+                    live_row[pattern.col_idx()[p] as usize] = false;
+                }
+                if best.len() > 3 * k.max(1) {
+                    best.select_nth_unstable_by(k, by_score);
+                    best.truncate(k);
                 }
             }
-            for p in pattern.row_range(i) {
-                live_row[pattern.col_idx()[p] as usize] = false;
-            }
-            if best.len() > 3 * k.max(1) {
-                best.select_nth_unstable_by(k, by_score);
-                best.truncate(k);
-            }
+            r0 = r1;
         }
-        r0 = r1;
+        if best.len() > k {
+            best.select_nth_unstable_by(k, by_score);
+            best.truncate(k);
+        }
+        let mut grow: Vec<(u32, u32)> = best.into_iter().map(|(_, i, j)| (i, j)).collect();
+        grow.sort_unstable();
+        Ok((grow, flops))
     }
-    if best.len() > k {
-        best.select_nth_unstable_by(k, by_score);
-        best.truncate(k);
-    }
-    let grow = best.into_iter().map(|(_, i, j)| (i, j)).collect();
-    Ok(Edit { drop, grow })
 }
 
 /// SET: drop the fraction `zeta` of the smallest positive weights and of the largest
