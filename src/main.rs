@@ -56,7 +56,7 @@ struct TrainArgs {
 struct CompareArgs {
     #[command(flatten)]
     run: RunArgs,
-    /// sparse methods to run beside dense (comma separated: static, set, rigl, gmp,
+    /// sparse methods to run beside dense (comma separated: static, set, rigl, dsr, gmp,
     /// prune-finetune)
     #[arg(long, value_delimiter = ',', default_value = "static,set,rigl")]
     methods: Vec<String>,
