@@ -2,6 +2,8 @@
 # The one prepared GPU check: build, the GPU tests with REWIRE_REQUIRE_CUDA=1 (a missing
 # device fails them), and the GPU benchmarks against cuBLAS SGEMM (TF32 off) in the same
 # run. Results go under $OUT (default out/gpu-check). Sized for a few minutes on an H100.
+# Where the GPU machine has no Rust toolchain, run scripts/gpu-prepare.sh first (here)
+# and carry gpu-bin/.
 # Then a short training run on the GPU and the same run on this machine's CPU (the
 # MLP 784-1000-1000-1000-10 at 95% with RigL; Fashion-MNIST when data/fashion-mnist
 # was carried over, generated data otherwise), for the epoch-time ratio.
@@ -15,14 +17,36 @@ echo "== device"
 nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv || true
 date -u
 
-echo "== build"
-time cargo build --release --tests --bins
+# CUDA's libraries: the toolkit's, or the pip wheels of the Python beside PyTorch
+for d in /usr/local/cuda/lib64 $(python3 -c 'import glob, site
+for p in site.getsitepackages(): print(" ".join(glob.glob(p + "/nvidia/*/lib")))' 2>/dev/null); do
+    [[ -d "$d" ]] && LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+done
+export LD_LIBRARY_PATH
+
+# binaries: built here where there is cargo, else the ones scripts/gpu-prepare.sh made
+# (carry gpu-bin/)
+if command -v cargo >/dev/null; then
+    echo "== build"
+    time cargo build --release --tests --bins
+    REWIRE=./target/release/rewire
+    TESTS=(cargo test --release --test cuda --)
+elif [[ -x gpu-bin/rewire && -x gpu-bin/cuda-tests ]]; then
+    echo "== no cargo here: using the prebuilt gpu-bin/ (scripts/gpu-prepare.sh)"
+    REWIRE=./gpu-bin/rewire
+    TESTS=(./gpu-bin/cuda-tests)
+else
+    echo "no cargo and no gpu-bin/: run scripts/gpu-prepare.sh where Rust is and carry gpu-bin" >&2
+    exit 1
+fi
 
 echo "== GPU tests (REWIRE_REQUIRE_CUDA=1)"
-REWIRE_REQUIRE_CUDA=1 cargo test --release --test cuda -- --nocapture
+# a failure is reported at the end; the benchmarks and training still run
+TEST_RC=0
+REWIRE_REQUIRE_CUDA=1 "${TESTS[@]}" --nocapture --test-threads 1 || TEST_RC=$?
 
 echo "== GPU benchmarks (sparse vs cuBLAS SGEMM, same run)"
-bench() { ./target/release/rewire bench "$@" --device cuda --min-time-ms 300 --json; }
+bench() { "$REWIRE" bench "$@" --device cuda --min-time-ms 300 --json; }
 {
     # the targets: SpMM and SDDMM at M=K=4096, N=256, 90%; BSR 16x16 at 90%
     bench spmm --m 4096 --n 256 --sparsity 0.9
@@ -38,13 +62,13 @@ echo "== training: GPU vs CPU, same flags and seed"
 DATASET=synthetic
 [[ -d data/fashion-mnist ]] && DATASET=fashion-mnist
 run() {
-    ./target/release/rewire train --dataset "$DATASET" --model mlp:1000,1000,1000 \
+    "$REWIRE" train --dataset "$DATASET" --model mlp:1000,1000,1000 \
         --method rigl --sparsity 0.95 --epochs 2 --lr 0.05 --seed 0 --no-progress "$@"
 }
 run --device cuda --log "$OUT/train-gpu.jsonl" | tee "$OUT/train-gpu.txt"
 run --device cpu --log "$OUT/train-cpu.jsonl" | tee "$OUT/train-cpu.txt"
 for m in static set dsr gmp dense; do
-    ./target/release/rewire train --dataset "$DATASET" --model mlp:300,100 --method "$m" \
+    "$REWIRE" train --dataset "$DATASET" --model mlp:300,100 --method "$m" \
         --sparsity 0.9 --epochs 1 --seed 0 --no-progress --device cuda | tail -n 1
 done
 
@@ -58,3 +82,8 @@ for line in open(sys.argv[1]):
           f"sparse {r['sparse_ms']:.3f} ms, sgemm {r['dense_ms']:.3f} ms, "
           f"speedup {r['speedup']:.2f}x, max_rel_diff {r['max_rel_diff']:.1e}")
 PY
+
+if [[ $TEST_RC -ne 0 ]]; then
+    echo "== the GPU tests FAILED (exit $TEST_RC): see above"
+    exit "$TEST_RC"
+fi

@@ -61,6 +61,12 @@ pub fn nvrtc_present() -> bool {
     library_present("nvrtc")
 }
 
+/// Whether cuBLAS (`libcublas`) can be loaded (dense layers, the SGEMM baseline and
+/// RigL's dense gradient use it).
+pub fn cublas_present() -> bool {
+    library_present("cublas")
+}
+
 /// The NVRTC architecture flag for a compute capability.
 fn arch_name(major: i32, minor: i32) -> &'static str {
     match (major, minor) {
@@ -142,6 +148,11 @@ impl CudaDevice {
         if !nvrtc_present() {
             return Err(Error::Cuda(
                 "the CUDA driver is present but NVRTC (libnvrtc) is not; kernels cannot be compiled".into(),
+            ));
+        }
+        if !cublas_present() {
+            return Err(Error::Cuda(
+                "the CUDA driver and NVRTC are present but cuBLAS (libcublas) is not; install it or put its lib directory on LD_LIBRARY_PATH".into(),
             ));
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| cuda_err("opening the CUDA device", e))?;
@@ -376,6 +387,15 @@ impl CudaDevice {
             "spmm_csr_f32_vec1"
         })?;
         const WARPS: u32 = 4;
+        if n.div_ceil(32 * vec) > 65_535 {
+            return Err(Error::arg(
+                "spmm",
+                format!(
+                    "N = {n} columns exceed the CUDA SpMM's grid (at most {} here)",
+                    65_535 * 32 * vec
+                ),
+            ));
+        }
         let cfg = LaunchConfig {
             grid_dim: (
                 (p.nrows as u32).div_ceil(WARPS),
