@@ -12,7 +12,12 @@ use rewire::optim::{Optimizer, OptimizerConfig};
 use rewire::sparse::seed_rng;
 use std::time::Instant;
 
+/// Runs on a rayon pool thread, as [`rewire::train::train`] does.
 fn main() -> rewire::Result<()> {
+    rayon::scope(|_| profile())
+}
+
+fn profile() -> rewire::Result<()> {
     let sparsity: f64 = std::env::args()
         .nth(1)
         .and_then(|s| s.parse().ok())

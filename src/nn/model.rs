@@ -24,8 +24,8 @@ pub struct WeightLayer {
     pub positions: usize,
 }
 
-/// A trainable network.
-pub trait Model {
+/// A trainable network (`Send`, so that training can move to a pool thread).
+pub trait Model: Send {
     /// All parameters.
     fn params(&self) -> &ParamStore;
     /// All parameters, mutably.
