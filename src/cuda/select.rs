@@ -67,29 +67,30 @@ fn radix_threshold(
     if k == 0 {
         return Ok((None, 0));
     }
+    let too_few = || {
+        Error::Training(format!(
+            "RigL grow: fewer free positions than the {k} connections to grow"
+        ))
+    };
     let (mut prefix, mut mask, mut want) = (0u32, 0u32, k as u64);
     for pass in 0..32 / RADIX_BITS {
         let shift = 32 - RADIX_BITS * (pass + 1);
         let h = hist(prefix, mask, shift)?;
-        let (bin, left) = radix_pick(&h, want).ok_or_else(|| {
-            Error::Training(format!(
-                "RigL grow: fewer free positions than the {k} connections to grow"
-            ))
-        })?;
+        let (bin, left) = radix_pick(&h, want).ok_or_else(too_few)?;
         prefix |= bin << shift;
         mask |= 255 << shift;
         want = left;
     }
     if prefix == 0 {
         // key 0 marks a live position
-        return Err(Error::Training(format!(
-            "RigL grow: fewer free positions than the {k} connections to grow"
-        )));
+        return Err(too_few());
     }
     Ok((Some(prefix), want as usize))
 }
 
-/// Device buffers of the grow step, grown to the largest layer seen and reused.
+/// Device buffers of the grow step, kept between calls: the gradient buffer is remade
+/// when the layer's size changes (the SGEMM wants its exact length), the others grow to
+/// the largest layer seen.
 #[derive(Default)]
 pub struct GrowScratch {
     g: Option<CudaSlice<f32>>,
