@@ -71,6 +71,11 @@ for m in static set dsr gmp dense; do
     "$REWIRE" train --dataset "$DATASET" --model mlp:300,100 --method "$m" \
         --sparsity 0.9 --epochs 1 --seed 0 --no-progress --device cuda | tail -n 1
 done
+# CNNs on the GPU (im2col, pooling, batch norm in kernels/cnn.cu), a few hundred steps
+for model in lenet5 vgg-small; do
+    "$REWIRE" train --dataset "$DATASET" --model "$model" --method rigl --sparsity 0.9 \
+        --epochs 1 --max-steps 300 --seed 0 --no-progress --device cuda | tail -n 1
+done
 
 echo "== summary (speedup = cuBLAS time / sparse time)"
 python3 - "$OUT/bench.jsonl" <<'PY' || true

@@ -81,7 +81,7 @@ struct RunArgs {
     /// (a small VGG-style CNN with batch norm)
     #[arg(long, default_value = "mlp:1000,1000,1000")]
     model: String,
-    /// where to train: cpu, or cuda / cuda:N (MLPs; CNNs train on the CPU)
+    /// where to train: cpu, or cuda / cuda:N (MLPs and CNNs)
     #[arg(long, default_value = "cpu")]
     device: String,
     /// steps between rewiring updates (ΔT; set and rigl)
@@ -594,10 +594,9 @@ fn run_one(
             rewire::cuda::train::train_mlp(dev, m, train_set, test_set, &cfg, on_epoch)
         }
         #[cfg(feature = "cuda")]
-        (Some(_), Built::Cnn(_)) => Err(rewire::Error::arg(
-            "device",
-            "CNNs train on the CPU only so far (no CUDA im2col yet); drop --device",
-        )),
+        (Some(dev), Built::Cnn(c)) => {
+            rewire::cuda::cnn::train_cnn(dev, c, train_set, test_set, &cfg, on_epoch)
+        }
         #[cfg(not(feature = "cuda"))]
         (Some(never), _) => match *never {},
     }

@@ -60,6 +60,17 @@ fn every_kernel_source_compiles_with_nvrtc() {
                     "select_collect_u32",
                 ],
                 "train.cu" => &["bias_act_f32", "softmax_ce_f32", "adam_f32"],
+                "cnn.cu" => &[
+                    "im2col_f32",
+                    "col2im_f32",
+                    "maxpool_f32",
+                    "maxpool_backward_f32",
+                    "avgpool_f32",
+                    "avgpool_backward_f32",
+                    "batch_norm_f32",
+                    "batch_norm_backward_f32",
+                    "batch_norm_running_f32",
+                ],
                 _ => &[],
             };
             for entry in entries {
@@ -256,6 +267,33 @@ fn cublas_sgemm_matches_the_cpu_reference() {
     }
 }
 
+/// The settings of the CPU-against-GPU training runs: a cosine schedule, a learning rate
+/// for the optimizer, a fixed seed.
+fn agreement_config(
+    optimizer: rewire::optim::OptimizerConfig,
+    rewire: Option<rewire::dst::RewireConfig>,
+    epochs: usize,
+    batch_size: usize,
+) -> rewire::train::TrainConfig {
+    use rewire::optim::OptimizerConfig;
+    rewire::train::TrainConfig {
+        epochs,
+        batch_size,
+        lr: if matches!(optimizer, OptimizerConfig::Adam { .. }) {
+            0.002
+        } else {
+            0.05
+        },
+        schedule: rewire::train::Schedule::Cosine { warmup_epochs: 0 },
+        optimizer,
+        seed: 6,
+        max_steps: None,
+        progress: false,
+        par: rewire::Par::current(),
+        rewire,
+    }
+}
+
 /// The same seeded run on the CPU and on the GPU (no dropout) gives the same curve up to
 /// summation order: losses within 1e-3 relative, test accuracy within 0.3 points; the
 /// rewiring methods keep their budgets on the device.
@@ -266,7 +304,7 @@ fn gpu_training_agrees_with_the_cpu() {
     use rewire::nn::distribution::Distribution;
     use rewire::nn::{Mlp, MlpConfig, Model};
     use rewire::optim::OptimizerConfig;
-    use rewire::train::{train, Schedule, TrainConfig};
+    use rewire::train::train;
 
     let Some(dev) = device() else { return };
     let (tr, te) = Dataset::synthetic(3000, 64, 10, 4).split(2400);
@@ -288,49 +326,412 @@ fn gpu_training_agrees_with_the_cpu() {
             })
             .unwrap()
         };
-        let cfg = TrainConfig {
-            epochs: 3,
-            batch_size: 64,
-            lr: if matches!(optimizer, OptimizerConfig::Adam { .. }) {
-                0.002
-            } else {
-                0.05
-            },
-            schedule: Schedule::Cosine { warmup_epochs: 0 },
-            optimizer,
-            seed: 6,
-            max_steps: None,
-            progress: false,
-            par: rewire::Par::current(),
-            rewire: kind.map(|k| RewireConfig {
-                delta_t: 20,
-                target_sparsity: 0.8,
-                ..RewireConfig::defaults(k)
-            }),
-        };
+        let rewire = kind.map(|k| RewireConfig {
+            delta_t: 20,
+            target_sparsity: 0.8,
+            ..RewireConfig::defaults(k)
+        });
+        let cfg = agreement_config(optimizer, rewire, 3, 64);
         let (mut cpu_model, mut gpu_model) = (model(), model());
         let cpu = train(&mut cpu_model, &tr, &te, &cfg, |_| Ok(())).unwrap();
         let gpu = rewire::cuda::train::train_mlp(&dev, &mut gpu_model, &tr, &te, &cfg, |_| Ok(()))
             .unwrap();
-        for (c, g) in cpu.iter().zip(&gpu) {
-            println!(
-                "{kind:?} epoch {}: loss cpu {:.5} gpu {:.5}, test cpu {:.4} gpu {:.4}",
-                c.epoch, c.loss, g.loss, c.test_acc, g.test_acc
-            );
-            if kind.is_none() {
-                // no edits: the same arithmetic in another order
-                let tol = 1e-3 * c.loss.abs().max(1e-3);
-                assert!((c.loss - g.loss).abs() <= tol, "loss");
-            }
-            // edits chosen from values that differ in the last bits may differ, so
-            // with rewiring only the outcome is compared
-            assert!(
-                (c.test_acc - g.test_acc).abs() <= 0.003,
-                "{kind:?} accuracy"
-            );
-            assert_eq!(c.live_weights, g.live_weights, "{kind:?} live weights");
-        }
+        assert_runs_agree(&format!("{kind:?}"), kind.is_some(), &cpu, &gpu, 0.003);
         assert_eq!(cpu_model.live_weights(), gpu_model.live_weights());
+    }
+}
+
+/// Per epoch of two runs of the same training, the CPU's and the GPU's: without edits
+/// (`edits` false: the same arithmetic in another order) losses within 1e-3 relative;
+/// test accuracies within `acc_tol` (with edits, chosen from values that differ in the
+/// last bits, only the outcome is compared); the same live weights.
+fn assert_runs_agree(
+    label: &str,
+    edits: bool,
+    cpu: &[rewire::train::EpochReport],
+    gpu: &[rewire::train::EpochReport],
+    acc_tol: f64,
+) {
+    assert_eq!(cpu.len(), gpu.len(), "{label}: epochs");
+    for (c, g) in cpu.iter().zip(gpu) {
+        println!(
+            "{label} epoch {}: loss cpu {:.5} gpu {:.5}, test cpu {:.4} gpu {:.4}",
+            c.epoch, c.loss, g.loss, c.test_acc, g.test_acc
+        );
+        if !edits {
+            let tol = 1e-3 * c.loss.abs().max(1e-3);
+            assert!((c.loss - g.loss).abs() <= tol, "{label}: loss");
+        }
+        assert!(
+            (c.test_acc - g.test_acc).abs() <= acc_tol,
+            "{label}: accuracy"
+        );
+        assert_eq!(c.live_weights, g.live_weights, "{label}: live weights");
+    }
+}
+
+/// `got` within `rel·max(|exp|, 1)` of `exp`.
+fn assert_near(what: &str, got: &[f32], exp: &[f32], rel: f32) {
+    assert_eq!(got.len(), exp.len(), "{what}: lengths");
+    for (i, (g, e)) in got.iter().zip(exp).enumerate() {
+        let tol = rel * e.abs().max(1.0);
+        assert!(
+            (g - e).abs() <= tol,
+            "{what}[{i}]: gpu {g} vs cpu {e} (tol {tol})"
+        );
+    }
+}
+
+#[test]
+fn gpu_im2col_and_col2im_match_the_cpu() {
+    use rewire::autograd::{Conv2dGeom, Tape};
+    use rewire::nn::ParamStore;
+    let Some(dev) = device() else { return };
+    let mut rng = seed_rng(31);
+    // (channels, h, w, k, stride, pad, batch): batch 1, stride 2 with padding, 1×1
+    // kernels, odd sizes, windows that skip pixels, padding wider than the stride
+    for (channels, h, w, k, stride, pad, batch) in [
+        (1, 5, 5, 3, 1, 0, 1),
+        (3, 7, 6, 3, 2, 1, 2),
+        (2, 4, 4, 1, 1, 0, 3),
+        (2, 5, 7, 1, 2, 0, 1),
+        (4, 9, 7, 2, 2, 0, 5),
+        (2, 6, 5, 5, 3, 2, 1),
+        (3, 1, 1, 3, 1, 1, 7),
+    ] {
+        let geom = Conv2dGeom {
+            channels,
+            h,
+            w,
+            kh: k,
+            kw: k,
+            stride,
+            pad,
+        };
+        let label = format!("{geom:?} batch {batch}");
+        let x = rand_vec(channels * h * w * batch, &mut rng);
+        let mut tape = Tape::new(rewire::Par::Seq);
+        let xv = tape.input(&x, channels * h * w, batch, true).unwrap();
+        let col = tape.im2col(xv, geom).unwrap();
+        let exp_col = tape.value(col).to_vec();
+        let dcol = rand_vec(exp_col.len(), &mut rng);
+        tape.backward_from(col, &dcol, &mut ParamStore::new())
+            .unwrap();
+        let exp_dx = tape.grad(xv).unwrap().to_vec();
+
+        let mut got_col = dev.zeros(exp_col.len()).unwrap();
+        dev.im2col(&mut got_col, &dev.upload(&x).unwrap(), &geom, batch)
+            .unwrap();
+        // a copy: exact
+        assert_eq!(
+            down(&dev, &got_col, exp_col.len()),
+            exp_col,
+            "im2col {label}"
+        );
+        let mut got_dx = dev.zeros(x.len()).unwrap();
+        dev.col2im(&mut got_dx, &dev.upload(&dcol).unwrap(), &geom, batch)
+            .unwrap();
+        assert_near(
+            &format!("col2im {label}"),
+            &down(&dev, &got_dx, x.len()),
+            &exp_dx,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn gpu_pooling_matches_the_cpu() {
+    use rewire::autograd::{Pool2dGeom, PoolKind, Tape};
+    use rewire::nn::ParamStore;
+    let Some(dev) = device() else { return };
+    let mut rng = seed_rng(32);
+    // (channels, h, w, k, stride, batch): batch 1, overlapping windows, pixels no window
+    // covers, 1×1 windows, odd sizes
+    for (channels, h, w, k, stride, batch) in [
+        (1, 4, 4, 2, 2, 1),
+        (3, 7, 5, 3, 2, 2),
+        (2, 5, 5, 2, 2, 3),
+        (2, 3, 3, 1, 1, 1),
+        (1, 6, 7, 3, 1, 4),
+        (4, 9, 9, 2, 3, 5),
+    ] {
+        let geom = Pool2dGeom {
+            channels,
+            h,
+            w,
+            k,
+            stride,
+        };
+        for kind in [PoolKind::Max, PoolKind::Avg] {
+            let label = format!("{kind:?} {geom:?} batch {batch}");
+            let x = rand_vec(channels * h * w * batch, &mut rng);
+            let mut tape = Tape::new(rewire::Par::Seq);
+            let xv = tape.input(&x, channels * h * w, batch, true).unwrap();
+            let y = tape.pool2d(xv, geom, kind).unwrap();
+            let exp_y = tape.value(y).to_vec();
+            let dy = rand_vec(exp_y.len(), &mut rng);
+            tape.backward_from(y, &dy, &mut ParamStore::new()).unwrap();
+            let exp_dx = tape.grad(xv).unwrap().to_vec();
+
+            let mut got_y = dev.zeros(exp_y.len()).unwrap();
+            let mut arg = dev.upload(&vec![0u32; exp_y.len()]).unwrap();
+            dev.pool2d(
+                &mut got_y,
+                Some(&mut arg),
+                &dev.upload(&x).unwrap(),
+                &geom,
+                kind,
+                batch,
+            )
+            .unwrap();
+            assert_near(
+                &format!("pool {label}"),
+                &down(&dev, &got_y, exp_y.len()),
+                &exp_y,
+                1e-6,
+            );
+            let mut got_dx = dev.zeros(x.len()).unwrap();
+            dev.pool2d_backward(
+                &mut got_dx,
+                &dev.upload(&dy).unwrap(),
+                Some(&arg),
+                &geom,
+                kind,
+                batch,
+            )
+            .unwrap();
+            assert_near(
+                &format!("pool backward {label}"),
+                &down(&dev, &got_dx, x.len()),
+                &exp_dx,
+                1e-5,
+            );
+        }
+    }
+}
+
+#[test]
+fn gpu_batch_norm_matches_the_cpu() {
+    use rewire::autograd::Tape;
+    use rewire::nn::{Param, ParamShape, ParamStore};
+    use rewire::sparse::aligned_from_slice;
+    let Some(dev) = device() else { return };
+    let mut rng = seed_rng(33);
+    for (rows, n) in [(1, 1), (3, 7), (2, 65), (5, 1000), (4, 4097)] {
+        for train in [true, false] {
+            let label = format!("{rows}x{n} train {train}");
+            let vector = |v: &[f32]| {
+                let shape = ParamShape::Vector { len: v.len() };
+                Param::new("bn", shape, aligned_from_slice(v), false).unwrap()
+            };
+            let (gamma_v, beta_v) = (rand_vec(rows, &mut rng), rand_vec(rows, &mut rng));
+            let mut params = ParamStore::new();
+            let gamma = params.add(vector(&gamma_v));
+            let beta = params.add(vector(&beta_v));
+            // a shifted, scaled input, so that the mean matters
+            let x: Vec<f32> = rand_vec(rows * n, &mut rng)
+                .iter()
+                .map(|v| 3.0 * v + 0.5)
+                .collect();
+            let mean = rand_vec(rows, &mut rng);
+            let var: Vec<f32> = rand_vec(rows, &mut rng)
+                .iter()
+                .map(|v| v.abs() + 0.5)
+                .collect();
+            let mut tape = Tape::new(rewire::Par::Seq);
+            let xv = tape.input(&x, rows, n, true).unwrap();
+            let running = (!train).then_some((&mean[..], &var[..]));
+            let y = tape
+                .batch_norm(&params, xv, gamma, beta, 1e-5, running)
+                .unwrap();
+            let exp_y = tape.value(y).to_vec();
+            let (exp_mean, exp_var) = tape.batch_norm_stats(y).unwrap();
+            let (exp_mean, exp_var) = (exp_mean.to_vec(), exp_var.to_vec());
+            let g = rand_vec(rows * n, &mut rng);
+            tape.backward_from(y, &g, &mut params).unwrap();
+            let exp_dx = tape.grad(xv).unwrap().to_vec();
+
+            let mut stats = cuda::BnStats::new(&dev, rows).unwrap();
+            if !train {
+                dev.upload_into(&mean, &mut stats.mean).unwrap();
+                dev.upload_into(&var, &mut stats.var).unwrap();
+            }
+            let (dgamma_v, dbeta_v) = (dev.upload(&gamma_v).unwrap(), dev.upload(&beta_v).unwrap());
+            let mut got_y = dev.zeros(rows * n).unwrap();
+            let mut xhat = dev.zeros(rows * n).unwrap();
+            dev.batch_norm(
+                &mut got_y,
+                &mut xhat,
+                &mut stats,
+                &dev.upload(&x).unwrap(),
+                (rows, n),
+                (&dgamma_v, &dbeta_v),
+                1e-5,
+                train,
+            )
+            .unwrap();
+            assert_near(
+                &format!("bn mean {label}"),
+                &down(&dev, &stats.mean, rows),
+                &exp_mean,
+                1e-6,
+            );
+            assert_near(
+                &format!("bn var {label}"),
+                &down(&dev, &stats.var, rows),
+                &exp_var,
+                1e-6,
+            );
+            assert_near(
+                &format!("bn y {label}"),
+                &down(&dev, &got_y, rows * n),
+                &exp_y,
+                1e-5,
+            );
+
+            let mut dx = dev.zeros(rows * n).unwrap();
+            let mut dgamma = dev.zeros(rows).unwrap();
+            let mut dbeta = dev.zeros(rows).unwrap();
+            dev.batch_norm_backward(
+                &mut dx,
+                (&mut dgamma, &mut dbeta),
+                &dev.upload(&g).unwrap(),
+                &xhat,
+                (&dgamma_v, &stats.inv_std),
+                (rows, n),
+                train,
+            )
+            .unwrap();
+            // the CPU sums in f32 in order, the GPU in f64 in a tree
+            let sum_tol = 1e-6 * n as f32;
+            assert_near(
+                &format!("bn dgamma {label}"),
+                &down(&dev, &dgamma, rows),
+                &params.get(gamma).grad,
+                sum_tol,
+            );
+            assert_near(
+                &format!("bn dbeta {label}"),
+                &down(&dev, &dbeta, rows),
+                &params.get(beta).grad,
+                sum_tol,
+            );
+            assert_near(
+                &format!("bn dx {label}"),
+                &down(&dev, &dx, rows * n),
+                &exp_dx,
+                1e-4,
+            );
+
+            if train {
+                // the running update, as Cnn's on the CPU (momentum 0.1, unbiased)
+                let (mut rm, mut rv) = (dev.upload(&mean).unwrap(), dev.upload(&var).unwrap());
+                dev.batch_norm_running((&mut rm, &mut rv), &stats, (rows, n), 0.1)
+                    .unwrap();
+                let unbias = if n > 1 {
+                    n as f32 / (n as f32 - 1.0)
+                } else {
+                    1.0
+                };
+                let want_m: Vec<f32> = mean
+                    .iter()
+                    .zip(&exp_mean)
+                    .map(|(&r, &m)| r + 0.1 * (m - r))
+                    .collect();
+                let want_v: Vec<f32> = var
+                    .iter()
+                    .zip(&exp_var)
+                    .map(|(&r, &v)| r + 0.1 * (v * unbias - r))
+                    .collect();
+                assert_near(
+                    &format!("bn running mean {label}"),
+                    &down(&dev, &rm, rows),
+                    &want_m,
+                    1e-6,
+                );
+                assert_near(
+                    &format!("bn running var {label}"),
+                    &down(&dev, &rv, rows),
+                    &want_v,
+                    1e-6,
+                );
+            }
+        }
+    }
+}
+
+/// A tiny CNN (convolution, max-pool, convolution at stride 2, overlapping average pool,
+/// hidden linear, classifier; batch norm after the convolutions, or biases) trained on
+/// the CPU and on the GPU from the same seed: static sparse gives the same curve up to
+/// summation order; RigL and SET rewiring at every step keep their budgets and reach the
+/// same accuracy; and the CPU evaluates the GPU-trained model (its batch-norm running
+/// statistics included) as the GPU did.
+#[test]
+fn gpu_cnn_training_agrees_with_the_cpu() {
+    use rewire::autograd::Tape;
+    use rewire::data::Dataset;
+    use rewire::dst::{MethodKind, RewireConfig};
+    use rewire::nn::{Cnn, CnnConfig, CnnLayer, Model};
+    use rewire::optim::OptimizerConfig;
+    use rewire::train::{evaluate, train};
+
+    let Some(dev) = device() else { return };
+    let (tr, te) = Dataset::synthetic(1500, 64, 10, 4).split(1200);
+    for (kind, optimizer, batch_norm) in [
+        (None, OptimizerConfig::sgd(0.9), true),
+        (None, OptimizerConfig::sgd(0.9), false),
+        (Some(MethodKind::RigL), OptimizerConfig::sgd(0.9), true),
+        (Some(MethodKind::Set), OptimizerConfig::adam(), false),
+    ] {
+        let model = || {
+            let layers = vec![
+                CnnLayer::Conv {
+                    out: 6,
+                    k: 3,
+                    stride: 1,
+                    pad: 1,
+                },
+                CnnLayer::MaxPool { k: 2, stride: 2 },
+                CnnLayer::Conv {
+                    out: 8,
+                    k: 3,
+                    stride: 2,
+                    pad: 1,
+                },
+                CnnLayer::AvgPool { k: 2, stride: 1 },
+                CnnLayer::Linear { out: 32 },
+            ];
+            let mut config = CnnConfig::new([1, 8, 8], layers, 10);
+            config.batch_norm = batch_norm;
+            config.sparsity = 0.5;
+            config.seed = 5;
+            Cnn::new(config).unwrap()
+        };
+        let rewire = kind.map(|k| RewireConfig {
+            delta_t: 1,
+            ..RewireConfig::defaults(k)
+        });
+        let cfg = agreement_config(optimizer, rewire, 2, 32);
+        let (mut cpu_model, mut gpu_model) = (model(), model());
+        let cpu = train(&mut cpu_model, &tr, &te, &cfg, |_| Ok(())).unwrap();
+        let gpu =
+            rewire::cuda::cnn::train_cnn(&dev, &mut gpu_model, &tr, &te, &cfg, |_| Ok(())).unwrap();
+        let label = format!("CNN {kind:?} batch norm {batch_norm}");
+        // 300 test samples: a tolerance of one sample, or six with rewiring
+        let acc_tol = if kind.is_some() { 0.02 } else { 0.004 };
+        assert_runs_agree(&label, kind.is_some(), &cpu, &gpu, acc_tol);
+        assert_eq!(cpu_model.live_weights(), gpu_model.live_weights());
+        // the host model holds what the GPU trained, running statistics included
+        let last = gpu.last().unwrap();
+        let mut tape = Tape::new(rewire::Par::current());
+        let (loss, acc) = evaluate(&gpu_model, &te, 256, &mut tape).unwrap();
+        assert!(
+            (loss - last.test_loss).abs() <= 1e-3 * last.test_loss.abs().max(1e-3),
+            "{label}: CPU evaluation of the GPU model: loss {loss} vs {}",
+            last.test_loss
+        );
+        assert!((acc - last.test_acc).abs() <= 0.004, "{label}: accuracy");
     }
 }
 

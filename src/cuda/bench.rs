@@ -18,7 +18,7 @@ pub fn run(cfg: &BenchConfig, dev: &CudaDevice) -> Result<BenchResult> {
     if cfg.kernel == Kernel::Conv {
         return Err(Error::arg(
             "kernel",
-            "the conv benchmark runs on the CPU only (the CUDA im2col path is not built yet)",
+            "the conv benchmark runs on the CPU only (there is no GPU conv benchmark yet)",
         ));
     }
     let (m, k, n) = (cfg.m, cfg.k, cfg.n);

@@ -8,9 +8,11 @@
 //! asking for CUDA where there is none is an [`Error::Cuda`], never a panic.
 
 pub mod bench;
+pub mod cnn;
 pub mod select;
 pub mod train;
 
+pub use cnn::BnStats;
 /// A device buffer (cudarc's), as the kernel wrappers take them.
 pub use cudarc::driver::CudaSlice;
 pub use select::{radix_select_host, GrowScratch};
@@ -131,6 +133,14 @@ fn module_of(function: &str) -> &'static str {
         }
         f if f.starts_with("rigl_") || f.starts_with("radix_") || f.starts_with("select_") => {
             "select.cu"
+        }
+        f if f.starts_with("im2col_")
+            || f.starts_with("col2im_")
+            || f.starts_with("maxpool_")
+            || f.starts_with("avgpool_")
+            || f.starts_with("batch_norm_") =>
+        {
+            "cnn.cu"
         }
         _ => "train.cu",
     }

@@ -272,17 +272,29 @@ enum Planned {
 
 /// Batch normalisation of a convolution's channels, with running statistics for
 /// evaluation (updated by training forward passes, momentum 0.1, unbiased variance).
-struct Norm {
-    gamma: ParamId,
-    beta: ParamId,
+pub(crate) struct Norm {
+    pub(crate) gamma: ParamId,
+    pub(crate) beta: ParamId,
     /// running (mean, variance)
-    running: Mutex<(Vec<f32>, Vec<f32>)>,
+    pub(crate) running: Mutex<(Vec<f32>, Vec<f32>)>,
 }
 
-const BN_EPS: f32 = 1e-5;
-const BN_MOMENTUM: f32 = 0.1;
+pub(crate) const BN_EPS: f32 = 1e-5;
+pub(crate) const BN_MOMENTUM: f32 = 0.1;
 
-enum Stage {
+/// The factor `n/(n − 1)` that turns a batch's biased variance over `n` values into the
+/// unbiased one the running variance averages (1 for `n ≤ 1`).
+pub(crate) fn unbias_factor(n: usize) -> f32 {
+    let n = n as f32;
+    if n > 1.0 {
+        n / (n - 1.0)
+    } else {
+        1.0
+    }
+}
+
+/// One stage of the network, input to output (the GPU trainer reads them too).
+pub(crate) enum Stage {
     Conv {
         geom: Conv2dGeom,
         weight: ParamId,
@@ -402,6 +414,12 @@ impl Cnn {
         })
     }
 
+    /// The stages, input to output.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn stages(&self) -> &[Stage] {
+        &self.stages
+    }
+
     fn activate(&self, tape: &mut Tape, h: Var) -> Result<Var> {
         match self.config.activation {
             Activation::Relu => tape.relu(h),
@@ -427,8 +445,7 @@ impl Cnn {
             );
         }
         let y = tape.batch_norm(&self.params, z, norm.gamma, norm.beta, BN_EPS, None)?;
-        let n = tape.dims(z).1 as f32;
-        let unbias = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
+        let unbias = unbias_factor(tape.dims(z).1);
         let (mean, var) = tape.batch_norm_stats(y).expect("a batch-norm node");
         let (rm, rv) = &mut *running;
         for (r, &m) in rm.iter_mut().zip(mean) {
