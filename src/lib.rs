@@ -36,6 +36,7 @@ pub mod cuda;
 pub mod data;
 pub mod dst;
 pub mod error;
+pub mod io;
 pub mod kernels;
 pub mod nn;
 pub mod optim;

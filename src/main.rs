@@ -35,6 +35,27 @@ enum Command {
     /// training FLOPs) and write CSV, JSON and SVG plots of accuracy and epoch time
     /// against sparsity.
     Compare(Box<CompareArgs>),
+    /// Evaluate a model file written by `train --save` (or `compare --save-models`) on
+    /// the test split of its dataset: loss, accuracy, live weights per layer.
+    Eval(EvalArgs),
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// the model file (safetensors)
+    file: std::path::PathBuf,
+    /// mnist, fashion-mnist or synthetic (default: the dataset it was trained on)
+    #[arg(long)]
+    dataset: Option<String>,
+    /// where the datasets live
+    #[arg(long, default_value = "data")]
+    data_dir: std::path::PathBuf,
+    /// samples per forward pass
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// threads (default: all cores)
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -50,6 +71,10 @@ struct TrainArgs {
     /// write one JSON line per epoch to this file
     #[arg(long)]
     log: Option<std::path::PathBuf>,
+    /// write the trained model to this file (safetensors: sparse weights as pattern and
+    /// live values); `rewire eval FILE` evaluates it
+    #[arg(long)]
+    save: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -66,6 +91,9 @@ struct CompareArgs {
     /// folder for compare.csv, compare.json, the plots and one JSON-lines log per run
     #[arg(long, default_value = "out/compare")]
     out: std::path::PathBuf,
+    /// also write each trained model to the folder, as METHOD-SPARSITY.safetensors
+    #[arg(long)]
+    save_models: bool,
 }
 
 /// Settings shared by `train` and `compare`.
@@ -211,6 +239,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => run_bench(args),
         Command::Train(args) => run_train(*args),
         Command::Compare(args) => run_compare(*args),
+        Command::Eval(args) => run_eval(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -356,19 +385,28 @@ fn thread_pool(run: &RunArgs) -> rewire::Result<(rayon::ThreadPool, usize)> {
 }
 
 fn load_data(run: &RunArgs) -> rewire::Result<(rewire::data::Dataset, rewire::data::Dataset)> {
-    use rewire::data::{self, Dataset, DatasetName};
-    let (train_set, test_set) = if run.dataset == "synthetic" {
-        Dataset::synthetic(12_000, 784, 10, run.seed).split(10_000)
-    } else {
-        let name = DatasetName::parse(&run.dataset)?;
-        let splits = data::load(name, &run.data_dir)?;
-        (splits.train, splits.test)
-    };
+    let (train_set, test_set) = load_dataset(&run.dataset, &run.data_dir, run.seed)?;
     let train_set = match run.train_subset {
         Some(n) => train_set.subset(n),
         None => train_set,
     };
     Ok((train_set, test_set))
+}
+
+/// The train and test splits of `dataset` (`synthetic`: generated from `seed`).
+fn load_dataset(
+    dataset: &str,
+    data_dir: &std::path::Path,
+    seed: u64,
+) -> rewire::Result<(rewire::data::Dataset, rewire::data::Dataset)> {
+    use rewire::data::{self, Dataset, DatasetName};
+    Ok(if dataset == "synthetic" {
+        Dataset::synthetic(12_000, 784, 10, seed).split(10_000)
+    } else {
+        let name = DatasetName::parse(dataset)?;
+        let splits = data::load(name, data_dir)?;
+        (splits.train, splits.test)
+    })
 }
 
 /// A model to build: an MLP or a CNN.
@@ -407,6 +445,54 @@ impl Built {
     }
 }
 
+/// How to build a model beside its architecture.
+struct ModelSettings {
+    activation: rewire::nn::Activation,
+    dropout: f32,
+    sparsity: f64,
+    distribution: rewire::nn::distribution::Distribution,
+    seed: u64,
+    sparse_storage: bool,
+}
+
+/// The architecture `name` (`mlp:W1,W2,...`, `lenet5`, `vgg-small`) for data of
+/// `(features, classes)`.
+fn model_spec(
+    name: &str,
+    (dim, classes): (usize, usize),
+    s: ModelSettings,
+) -> rewire::Result<ModelSpec> {
+    use rewire::nn::{CnnConfig, MlpConfig};
+    Ok(if name.starts_with("mlp:") {
+        ModelSpec::Mlp(MlpConfig {
+            activation: s.activation,
+            dropout: s.dropout,
+            sparsity: s.sparsity,
+            distribution: s.distribution,
+            seed: s.seed,
+            sparse_storage: s.sparse_storage,
+            ..MlpConfig::new(dim, &parse_hidden(name)?, classes)
+        })
+    } else {
+        let side = (dim as f64).sqrt().round() as usize;
+        if side * side != dim {
+            return Err(rewire::Error::arg(
+                "model",
+                format!("{name} needs square one-channel images; the data has {dim} features"),
+            ));
+        }
+        ModelSpec::Cnn(CnnConfig {
+            activation: s.activation,
+            dropout: s.dropout,
+            sparsity: s.sparsity,
+            distribution: s.distribution,
+            seed: s.seed,
+            sparse_storage: s.sparse_storage,
+            ..CnnConfig::named(name, [1, side, side], classes)?
+        })
+    })
+}
+
 /// The model and training settings of one run of `method` at `sparsity`.
 fn build(
     run: &RunArgs,
@@ -416,7 +502,7 @@ fn build(
     threads: usize,
 ) -> rewire::Result<(ModelSpec, rewire::train::TrainConfig)> {
     use rewire::dst::{MethodKind, RewireConfig};
-    use rewire::nn::{distribution::Distribution, Activation, CnnConfig, MlpConfig};
+    use rewire::nn::{distribution::Distribution, Activation};
     use rewire::optim::OptimizerConfig;
     use rewire::train::{Schedule, TrainConfig};
 
@@ -446,37 +532,18 @@ fn build(
         Activation::parse(&run.activation)?,
         Distribution::parse(&run.distribution)?,
     );
-    let model = if run.model.starts_with("mlp:") {
-        ModelSpec::Mlp(MlpConfig {
+    let model = model_spec(
+        &run.model,
+        (data.dim, data.classes),
+        ModelSettings {
             activation,
             dropout: run.dropout,
             sparsity,
             distribution,
             seed: run.seed,
             sparse_storage,
-            ..MlpConfig::new(data.dim, &parse_hidden(&run.model)?, data.classes)
-        })
-    } else {
-        let side = (data.dim as f64).sqrt().round() as usize;
-        if side * side != data.dim {
-            return Err(rewire::Error::arg(
-                "model",
-                format!(
-                    "{} needs square one-channel images; the data has {} features",
-                    run.model, data.dim
-                ),
-            ));
-        }
-        ModelSpec::Cnn(CnnConfig {
-            activation,
-            dropout: run.dropout,
-            sparsity,
-            distribution,
-            seed: run.seed,
-            sparse_storage,
-            ..CnnConfig::named(&run.model, [1, side, side], data.classes)?
-        })
-    };
+        },
+    )?;
     let optimizer = match run.optimizer.as_str() {
         "sgd" => OptimizerConfig::Sgd {
             momentum: run.momentum,
@@ -516,6 +583,14 @@ fn build(
     Ok((model, cfg))
 }
 
+/// Where a run writes besides the terminal.
+struct Outputs<'a> {
+    /// one JSON line per epoch
+    log: Option<&'a mut rewire::train::JsonlLog>,
+    /// the trained model (safetensors)
+    save: Option<&'a std::path::Path>,
+}
+
 /// Trains one model, printing a header and a line per epoch (and logging them).
 fn run_one(
     run: &RunArgs,
@@ -524,8 +599,9 @@ fn run_one(
     data: &(rewire::data::Dataset, rewire::data::Dataset),
     threads: usize,
     device: Option<&Device>,
-    mut log: Option<&mut rewire::train::JsonlLog>,
+    out: Outputs,
 ) -> rewire::Result<Vec<rewire::train::EpochReport>> {
+    let Outputs { mut log, save } = out;
     let (train_set, test_set) = data;
     let (config, cfg) = build(run, method, sparsity, train_set, threads)?;
     let sparsity = match &config {
@@ -587,7 +663,7 @@ fn run_one(
         }
         Ok(())
     };
-    match (device, &mut built) {
+    let reports = match (device, &mut built) {
         (None, b) => rewire::train::train(b.model_mut(), train_set, test_set, &cfg, on_epoch),
         #[cfg(feature = "cuda")]
         (Some(dev), Built::Mlp(m)) => {
@@ -599,7 +675,41 @@ fn run_one(
         }
         #[cfg(not(feature = "cuda"))]
         (Some(never), _) => match *never {},
+    }?;
+    if let Some(path) = save {
+        let model = built.model();
+        let meta = std::collections::BTreeMap::from(
+            [
+                ("rewire_version", env!("CARGO_PKG_VERSION").to_string()),
+                ("dataset", run.dataset.clone()),
+                ("model", run.model.clone()),
+                ("input_dim", train_set.dim.to_string()),
+                ("classes", train_set.classes.to_string()),
+                ("activation", run.activation.clone()),
+                ("dropout", run.dropout.to_string()),
+                ("method", method.to_string()),
+                ("sparsity", sparsity.to_string()),
+                ("distribution", run.distribution.clone()),
+                ("seed", run.seed.to_string()),
+                ("epochs", reports.len().to_string()),
+                (
+                    "test_acc",
+                    reports
+                        .last()
+                        .map_or(String::new(), |r| r.test_acc.to_string()),
+                ),
+            ]
+            .map(|(k, v)| (k.to_string(), v)),
+        );
+        rewire::io::save(path, model, &meta)?;
+        println!(
+            "wrote {} ({} live weights of {})",
+            path.display(),
+            model.live_weights(),
+            model.dense_weights()
+        );
     }
+    Ok(reports)
 }
 
 fn run_train(args: TrainArgs) -> rewire::Result<()> {
@@ -619,7 +729,10 @@ fn run_train(args: TrainArgs) -> rewire::Result<()> {
             &data,
             threads,
             device.as_ref(),
-            log.as_mut(),
+            Outputs {
+                log: log.as_mut(),
+                save: args.save.as_deref(),
+            },
         )
     })?;
     Ok(())
@@ -649,6 +762,9 @@ fn run_compare(args: CompareArgs) -> rewire::Result<()> {
         );
         let log_path = args.out.join(format!("{method}-{sparsity}.jsonl"));
         let mut log = rewire::train::JsonlLog::create(&log_path)?;
+        let save = args
+            .save_models
+            .then(|| args.out.join(format!("{method}-{sparsity}.safetensors")));
         let reports = pool.install(|| {
             run_one(
                 &args.run,
@@ -657,7 +773,10 @@ fn run_compare(args: CompareArgs) -> rewire::Result<()> {
                 &data,
                 threads,
                 device.as_ref(),
-                Some(&mut log),
+                Outputs {
+                    log: Some(&mut log),
+                    save: save.as_deref(),
+                },
             )
         })?;
         rows.push(compare::summarize(method, *sparsity, &reports)?);
@@ -687,6 +806,105 @@ fn run_compare(args: CompareArgs) -> rewire::Result<()> {
     println!(
         "wrote {0}/compare.csv, {0}/compare.json, {0}/accuracy_vs_sparsity.svg, {0}/epoch_time_vs_sparsity.svg and one log per run",
         args.out.display()
+    );
+    Ok(())
+}
+
+fn run_eval(args: EvalArgs) -> rewire::Result<()> {
+    use rewire::nn::{distribution::Distribution, Activation};
+    let file = rewire::io::ModelFile::read(&args.file)?;
+    let meta = file.metadata();
+    let get = |key: &str| {
+        meta.get(key).ok_or_else(|| {
+            rewire::Error::format(
+                &args.file,
+                format!("no {key:?} in its metadata (was it written by rewire train --save?)"),
+            )
+        })
+    };
+    let num = |key: &str| -> rewire::Result<usize> {
+        get(key)?.parse().map_err(|_| {
+            rewire::Error::format(&args.file, format!("metadata {key:?} is not a number"))
+        })
+    };
+    let dataset = match &args.dataset {
+        Some(d) => d.clone(),
+        None => get("dataset")?.clone(),
+    };
+    let seed = meta.get("seed").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let (_, test_set) = load_dataset(&dataset, &args.data_dir, seed)?;
+    let (dim, classes) = (num("input_dim")?, num("classes")?);
+    if test_set.dim != dim || test_set.classes > classes {
+        return Err(rewire::Error::arg(
+            "dataset",
+            format!(
+                "{dataset} has {} features and {} classes; the model takes {dim} and has {classes}",
+                test_set.dim, test_set.classes
+            ),
+        ));
+    }
+    let spec = model_spec(
+        get("model")?,
+        (dim, classes),
+        ModelSettings {
+            activation: Activation::parse(get("activation")?)?,
+            dropout: 0.0,
+            sparsity: 0.0,
+            distribution: Distribution::Uniform { dense_first: false },
+            seed: 0,
+            sparse_storage: false,
+        },
+    )?;
+    let mut built = spec.build()?;
+    file.apply(built.model_mut())?;
+    let threads = args.threads.unwrap_or_else(rayon::current_num_threads);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| rewire::Error::arg("threads", e))?;
+    let par = if threads > 1 {
+        rewire::Par::Rayon(threads)
+    } else {
+        rewire::Par::Seq
+    };
+    let start = std::time::Instant::now();
+    let (model, test, batch) = (built.model_mut(), &test_set, args.batch_size.max(1));
+    // a `&mut dyn Model` is Send (the model is not Sync), so it moves to the pool
+    let (loss, acc) = pool.install(move || {
+        let mut tape = rewire::autograd::Tape::new(par);
+        rewire::train::evaluate(&*model, test, batch, &mut tape)
+    })?;
+    let model = built.model();
+    println!(
+        "{}: {} trained with {} at sparsity {} on {}",
+        args.file.display(),
+        get("model")?,
+        meta.get("method").map_or("?", String::as_str),
+        meta.get("sparsity").map_or("?", String::as_str),
+        get("dataset")?,
+    );
+    for layer in model.weight_layers() {
+        let p = model.params().get(layer.weight);
+        println!(
+            "  {:<12} {:>8} of {:>8} weights live ({:.2}%){}",
+            p.name,
+            p.live(),
+            layer.shape.size(),
+            100.0 * p.live() as f64 / layer.shape.size().max(1) as f64,
+            if p.pattern().is_some() {
+                ", sparse"
+            } else {
+                ", dense"
+            }
+        );
+    }
+    println!(
+        "{dataset} test: loss {loss:.4}  accuracy {:.2}%  ({} samples, {:.2}s)  live weights {} of {}",
+        100.0 * acc,
+        test_set.n,
+        start.elapsed().as_secs_f64(),
+        model.live_weights(),
+        model.dense_weights()
     );
     Ok(())
 }

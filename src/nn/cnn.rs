@@ -420,6 +420,25 @@ impl Cnn {
         &self.stages
     }
 
+    /// Each batch norm with its name (`bnK`, from its scale parameter `bnK.weight`).
+    fn norms(&self) -> Vec<(String, &Norm)> {
+        self.stages
+            .iter()
+            .filter_map(|s| match s {
+                Stage::Conv {
+                    norm: Some(norm), ..
+                } => {
+                    let name = &self.params.get(norm.gamma).name;
+                    Some((
+                        name.strip_suffix(".weight").unwrap_or(name).to_string(),
+                        norm,
+                    ))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     fn activate(&self, tape: &mut Tape, h: Var) -> Result<Var> {
         match self.config.activation {
             Activation::Relu => tape.relu(h),
@@ -491,6 +510,40 @@ impl Model for Cnn {
                 Stage::Pool { .. } => None,
             })
             .collect()
+    }
+
+    fn buffers(&self) -> Vec<(String, Vec<f32>)> {
+        let mut out = Vec::new();
+        for (name, norm) in self.norms() {
+            let running = norm.running.lock().unwrap_or_else(|e| e.into_inner());
+            out.push((format!("{name}.running_mean"), running.0.clone()));
+            out.push((format!("{name}.running_var"), running.1.clone()));
+        }
+        out
+    }
+
+    fn set_buffer(&mut self, name: &str, values: &[f32]) -> Result<()> {
+        for (prefix, norm) in self.norms() {
+            let Some(which) = name
+                .strip_prefix(prefix.as_str())
+                .and_then(|r| r.strip_prefix('.'))
+            else {
+                continue;
+            };
+            let mut running = norm.running.lock().unwrap_or_else(|e| e.into_inner());
+            let target = match which {
+                "running_mean" => &mut running.0,
+                "running_var" => &mut running.1,
+                _ => break,
+            };
+            crate::error::check_len("batch-norm running statistics", target.len(), values.len())?;
+            target.copy_from_slice(values);
+            return Ok(());
+        }
+        Err(Error::arg(
+            "buffer",
+            format!("the model has no buffer named {name:?}"),
+        ))
     }
 
     fn input_dim(&self) -> usize {

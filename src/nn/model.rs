@@ -50,6 +50,21 @@ pub trait Model: Send {
         trace: Option<&mut Vec<(Var, Var)>>,
     ) -> Result<Var>;
 
+    /// Non-trainable state saved with the model, as `(name, values)`: batch norm's running
+    /// statistics. None by default.
+    fn buffers(&self) -> Vec<(String, Vec<f32>)> {
+        Vec::new()
+    }
+
+    /// Replaces buffer `name` (one of [`Model::buffers`]) with `values`.
+    fn set_buffer(&mut self, name: &str, values: &[f32]) -> Result<()> {
+        let _ = values;
+        Err(crate::Error::arg(
+            "buffer",
+            format!("the model has no buffer named {name:?}"),
+        ))
+    }
+
     /// [`Model::forward_traced`] without a trace.
     fn forward(&self, tape: &mut Tape, x: Var, train: bool, rng: &mut SeedRng) -> Result<Var> {
         self.forward_traced(tape, x, train, rng, None)
