@@ -342,6 +342,8 @@ fn splitmix64(mut z: u64) -> u64 {
 /// Samples per tile in [`Dataset::fill_batch`]: their rows stay in cache while the tile's
 /// columns are written.
 const BATCH_TILE: usize = 8;
+/// Batches of at least this many values are gathered over rayon threads.
+const PAR_BATCH: usize = 1 << 15;
 
 impl Dataset {
     /// Generated, learnable data: `classes` random centres uniform in `[-1, 1]^dim`, each
@@ -442,14 +444,32 @@ impl Dataset {
         for (j, &i) in indices.iter().enumerate() {
             labels[j] = u32::from(self.labels[i as usize]);
         }
-        for (t, tile) in indices.chunks(BATCH_TILE).enumerate() {
-            let j0 = t * BATCH_TILE;
-            for f in 0..dim {
-                let dst = &mut x[f * b + j0..f * b + j0 + tile.len()];
-                for (d, &i) in dst.iter_mut().zip(tile) {
-                    *d = self.images[i as usize * dim + f];
+        if b == 0 {
+            return Ok(());
+        }
+        // features f0.. of every sample in `indices`, into the rows `rows` of x
+        let gather = |f0: usize, rows: &mut [f32]| {
+            let nf = rows.len() / b;
+            for (t, tile) in indices.chunks(BATCH_TILE).enumerate() {
+                let j0 = t * BATCH_TILE;
+                for f in 0..nf {
+                    let dst = &mut rows[f * b + j0..f * b + j0 + tile.len()];
+                    for (d, &i) in dst.iter_mut().zip(tile) {
+                        *d = self.images[i as usize * dim + f0 + f];
+                    }
                 }
             }
+        };
+        let threads = rayon::current_num_threads();
+        if threads > 1 && dim * b >= PAR_BATCH {
+            // the reads wait on memory (random samples): feature bands over threads
+            use rayon::prelude::*;
+            let band = dim.div_ceil(threads);
+            x.par_chunks_mut(band * b)
+                .enumerate()
+                .for_each(|(k, rows)| gather(k * band, rows));
+        } else {
+            gather(0, x);
         }
         Ok(())
     }
