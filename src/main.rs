@@ -169,6 +169,10 @@ struct RunArgs {
     /// no progress bar
     #[arg(long)]
     no_progress: bool,
+    /// start from the weights (and sparse patterns) of this model file instead of a
+    /// random initialisation; optimizer state starts at zero
+    #[arg(long)]
+    init: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -609,6 +613,10 @@ fn run_one(
         ModelSpec::Cnn(c) => c.sparsity,
     };
     let mut built = config.build()?;
+    if let Some(path) = &run.init {
+        rewire::io::load_into(path, built.model_mut())?;
+        println!("initialised from {}", path.display());
+    }
     let model = built.model();
     let layers = model
         .weight_layers()
