@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use rayon::{ThreadPool, ThreadPoolBuilder};
 use rewire::cpu::dense::{gemm_ex, Trans};
 use rewire::cpu::reference::{bsr_spmm_ref, gemm_ref, sddmm_ref, spmm_ref, spmm_t_ref};
-use rewire::cpu::{bsr_spmm, gemm, sddmm, spmm, spmm_t};
+use rewire::cpu::{bsr_spmm, gemm, sddmm, spmm, spmm_bias_act, spmm_t, RowAct};
 use rewire::sparse::{
     aligned_zeros, nnz_for_sparsity, seed_rng, skewed_row_nnz, Bsr, BsrPattern, Csr, CsrPattern,
 };
@@ -525,6 +525,73 @@ fn csr_kernels_wide_n_panels() {
     }
     let p = pattern_with_empty_rows(12, 30, 13);
     csr_cases("wide-empty", &p, 12_001, &ALL_MODES, 7100);
+}
+
+/// The fused `act(A·B + bias)` equals `spmm` followed by the scalar bias add and
+/// nonlinearity, bit for bit, on every tile width, empty rows, the wide-`N` schedule
+/// and every thread setting; a bias of the wrong length is an error.
+#[test]
+fn spmm_bias_act_is_spmm_then_bias_and_act() {
+    let acts = [RowAct::Identity, RowAct::Relu, RowAct::LeakyRelu(0.1)];
+    let mut cases: Vec<(CsrPattern, usize)> = Vec::new();
+    let tiles = rng_pattern(150, 130, 0.1, 21);
+    for &n in &NS {
+        cases.push((tiles.clone(), n));
+    }
+    cases.push((pattern_with_empty_rows(63, 40, 22), 75));
+    cases.push((rng_pattern(0, 5, 0.5, 23), 9));
+    cases.push((rng_pattern(7, 0, 0.5, 24), 9));
+    cases.push((rng_pattern(1000, 800, 0.02, 25), 129));
+    cases.push((rng_pattern(20, 45, 0.3, 26), 7203));
+    for (t, (p, n)) in cases.iter().enumerate() {
+        let (m, k, n) = (p.nrows(), p.ncols(), *n);
+        let mut g = Gen::new(9000 + t as u64);
+        let (values, b, bias) = (g.vec(p.nnz()), g.vec(k * n), g.vec(m));
+        let mut z = vec![0.0; m * n];
+        spmm(&mut z, p, &values, &b, n, 1.0, Accum::Replace, Par::Seq).unwrap();
+        for act in acts {
+            let f = |v: f32| match act {
+                RowAct::Identity => v,
+                RowAct::Relu => v.max(0.0),
+                RowAct::LeakyRelu(a) => {
+                    if v > 0.0 {
+                        v
+                    } else {
+                        a * v
+                    }
+                }
+            };
+            let exp: Vec<f32> = z
+                .iter()
+                .enumerate()
+                .map(|(e, &v)| f(v + bias[e / n.max(1)]))
+                .collect();
+            for &(par, threads) in &PAR_RUNS {
+                let mut got = vec![f32::NAN; m * n];
+                pool(threads)
+                    .install(|| spmm_bias_act(&mut got, p, &values, &b, n, &bias, act, par))
+                    .unwrap();
+                assert_eq!(
+                    got, exp,
+                    "case {t} M={m} K={k} N={n} {act:?} {par:?} pool={threads}"
+                );
+            }
+        }
+        if m > 0 {
+            let mut out = vec![0.0; m * n];
+            let err = spmm_bias_act(
+                &mut out,
+                p,
+                &values,
+                &b,
+                n,
+                &bias[1..],
+                RowAct::Relu,
+                Par::Seq,
+            );
+            assert!(err.is_err(), "short bias accepted");
+        }
+    }
 }
 
 /// spmm_t on a clone reuses the cached transpose and still agrees.

@@ -17,7 +17,7 @@ pub use conv::{Conv2dGeom, Pool2dGeom, PoolKind};
 use rand::RngExt;
 
 use crate::cpu::dense::{gemm_ex, Trans};
-use crate::cpu::{gemm, sddmm, spmm, spmm_t, Accum, Par};
+use crate::cpu::{gemm, sddmm, spmm, spmm_bias_act, spmm_t, Accum, Par, RowAct};
 use crate::error::{check_dims, check_len, Error, Result};
 use crate::nn::{ParamId, ParamShape, ParamStore};
 use crate::sparse::{aligned_zeros, AlignedVec, SeedRng};
@@ -102,6 +102,19 @@ pub enum Op {
         x: Var,
         /// weight `[out × in]`, dense
         w: ParamId,
+    },
+    /// `act(W·x + b)`, `W` a sparse parameter and `act` identity, ReLU or leaky ReLU: one
+    /// SpMM that adds the bias and applies `act` as it writes. Its retained gradient
+    /// ([`Tape::set_retain_linear_grads`]) is `dZ`, the gradient at `W·x`.
+    SparseLinearBiasAct {
+        /// input `[in × batch]`
+        x: Var,
+        /// weight `[out × in]`, sparse
+        w: ParamId,
+        /// bias `[out]`
+        b: ParamId,
+        /// the nonlinearity
+        act: Act,
     },
     /// `x + b` broadcast over the batch
     BiasAdd {
@@ -391,6 +404,58 @@ impl Tape {
         Ok(self.push(out, n, z, op, true))
     }
 
+    /// `act(W·x + b)`, a layer's product, bias and nonlinearity. Returns `(z, y)`: `y` the
+    /// output and `z` the node whose retained gradient ([`Tape::set_retain_linear_grads`])
+    /// is `dZ`, the gradient at `W·x` that RigL's grow step reads. For a sparse weight and
+    /// identity, ReLU or leaky ReLU the three are one node ([`Op::SparseLinearBiasAct`],
+    /// one SpMM that writes the output once, `z == y`); otherwise [`Tape::linear`] then
+    /// [`Tape::bias_act`]. Both give the same values and gradients.
+    pub fn linear_bias_act(
+        &mut self,
+        params: &ParamStore,
+        x: Var,
+        w: ParamId,
+        b: ParamId,
+        act: Act,
+    ) -> Result<(Var, Var)> {
+        let row_act = match act {
+            Act::Identity => Some(RowAct::Identity),
+            Act::Relu => Some(RowAct::Relu),
+            Act::LeakyRelu(a) if a >= 0.0 => Some(RowAct::LeakyRelu(a)),
+            _ => None,
+        };
+        let (in_rows, n) = {
+            let node = self.check_var(x)?;
+            (node.rows, node.cols)
+        };
+        let (p, bias) = (params.get(w), params.get(b));
+        match (&p.shape, row_act) {
+            (ParamShape::Sparse { pattern }, Some(row_act)) if pattern.ncols() == in_rows => {
+                let out = pattern.nrows();
+                check_len("bias", out, bias.value.len())?;
+                let mut y = self.pool.take(out * n);
+                let xv = &self.nodes[x.0].value;
+                spmm_bias_act(
+                    &mut y,
+                    pattern,
+                    &p.value,
+                    xv,
+                    n,
+                    &bias.value,
+                    row_act,
+                    self.par,
+                )?;
+                let y = self.push(out, n, y, Op::SparseLinearBiasAct { x, w, b, act }, true);
+                Ok((y, y))
+            }
+            _ => {
+                let z = self.linear(params, x, w)?;
+                let y = self.bias_act(params, z, b, act)?;
+                Ok((z, y))
+            }
+        }
+    }
+
     /// `x + b`, the bias broadcast over the batch (columns).
     pub fn bias_add(&mut self, params: &ParamStore, x: Var, b: ParamId) -> Result<Var> {
         let (rows, n) = {
@@ -611,8 +676,11 @@ impl Tape {
             let Some(g) = self.nodes[i].grad.take() else {
                 continue;
             };
-            let keep =
-                self.retain_linear_grads && matches!(self.nodes[i].op, Op::SparseLinear { .. });
+            let keep = self.retain_linear_grads
+                && matches!(
+                    self.nodes[i].op,
+                    Op::SparseLinear { .. } | Op::SparseLinearBiasAct { .. }
+                );
             if let Some(spent) = self.backward_node(i, g, params)? {
                 if keep {
                     self.nodes[i].grad = Some(spent); // dZ of a sparse layer, for rewiring
@@ -657,6 +725,34 @@ impl Tape {
         })
     }
 
+    /// The backward of `Z = W·X` for a sparse `w`, given `dZ` (`g`): `dW` on the live
+    /// connections only (an SDDMM, added to the parameter's gradient) and, where `x` needs
+    /// one, `dX = Wᵀ·dZ` (the transposed SpMM).
+    fn sparse_linear_backward(
+        &mut self,
+        x: Var,
+        w: ParamId,
+        g: &[f32],
+        n: usize,
+        params: &mut ParamStore,
+    ) -> Result<()> {
+        let par = self.par;
+        let p = params.get_mut(w);
+        let pattern = p
+            .pattern()
+            .cloned()
+            .expect("a sparse linear node records a sparse weight");
+        let xv = &self.nodes[x.0].value;
+        // dW on live connections only: dW[i,j] = ⟨dZ[i,:], X[j,:]⟩.
+        sddmm(&mut p.grad, &pattern, g, xv, n, 1.0, Accum::Add(1.0), par)?;
+        if let Some((mut dx, mode)) = self.grad_target(x) {
+            let w = &params.get(w).value;
+            spmm_t(&mut dx, &pattern, w, g, n, 1.0, mode, par)?;
+            self.nodes[x.0].grad = Some(dx);
+        }
+        Ok(())
+    }
+
     /// Back-propagates through node `i`, whose gradient is `g`; returns a buffer that is
     /// free again.
     fn backward_node(
@@ -670,27 +766,14 @@ impl Tape {
         match self.nodes[i].op {
             Op::Input => Ok(Some(g)),
             Op::SparseLinear { x, w } => {
-                let p = params.get_mut(w);
-                let pattern = p
-                    .pattern()
-                    .cloned()
-                    .expect("SparseLinear records sparse weights");
-                let xv = &self.nodes[x.0].value;
-                // dW on live connections only: dW[i,j] = ⟨dZ[i,:], X[j,:]⟩.
-                sddmm(&mut p.grad, &pattern, &g, xv, n, 1.0, Accum::Add(1.0), par)?;
-                if let Some((mut dx, mode)) = self.grad_target(x) {
-                    spmm_t(
-                        &mut dx,
-                        &pattern,
-                        &params.get(w).value,
-                        &g,
-                        n,
-                        1.0,
-                        mode,
-                        par,
-                    )?;
-                    self.nodes[x.0].grad = Some(dx);
-                }
+                self.sparse_linear_backward(x, w, &g, n, params)?;
+                Ok(Some(g))
+            }
+            Op::SparseLinearBiasAct { x, w, b, act } => {
+                // dZ = dY·act'(Y) and db in place, then the product's backward on dZ
+                let y = &self.nodes[i].value;
+                bias_act_backward(par, &mut g, y, &mut params.get_mut(b).grad, n, act);
+                self.sparse_linear_backward(x, w, &g, n, params)?;
                 Ok(Some(g))
             }
             Op::DenseLinear { x, w } => {
@@ -739,32 +822,8 @@ impl Tape {
                 Ok(self.contribute(x, g))
             }
             Op::BiasAct { x, b, act } => {
-                let p = params.get_mut(b);
                 let y = &self.nodes[i].value;
-                let db = &mut p.grad;
-                // g ← g·act'(y) and db[r] += Σ_j g[r, j], one pass over the rows.
-                fn run(
-                    par: Par,
-                    g: &mut [f32],
-                    y: &[f32],
-                    db: &mut [f32],
-                    n: usize,
-                    d: impl Fn(f32) -> f32 + Sync + Send,
-                ) {
-                    for_rows_with(par, g, db, n, |r, grow, dbr| {
-                        let mut sum = 0.0f32;
-                        for (gv, &yv) in grow.iter_mut().zip(&y[r * n..(r + 1) * n]) {
-                            *gv *= d(yv);
-                            sum += *gv;
-                        }
-                        *dbr += sum;
-                    });
-                }
-                match act {
-                    Act::Identity => run(par, &mut g, y, db, n, |_| 1.0),
-                    Act::Relu => run(par, &mut g, y, db, n, |yv| if yv > 0.0 { 1.0 } else { 0.0 }),
-                    _ => run(par, &mut g, y, db, n, |yv| act.deriv_from_output(yv)),
-                }
+                bias_act_backward(par, &mut g, y, &mut params.get_mut(b).grad, n, act);
                 Ok(self.contribute(x, g))
             }
             Op::Relu(x) => {
@@ -853,6 +912,33 @@ impl Tape {
                 Ok(Some(g))
             }
         }
+    }
+}
+
+/// The backward of `y = act(z + b)` in place: `g ← g·act'(y)` (now `dZ`) and
+/// `db[r] += Σ_j g[r, j]`, one pass over the rows.
+fn bias_act_backward(par: Par, g: &mut [f32], y: &[f32], db: &mut [f32], n: usize, act: Act) {
+    fn run(
+        par: Par,
+        g: &mut [f32],
+        y: &[f32],
+        db: &mut [f32],
+        n: usize,
+        d: impl Fn(f32) -> f32 + Sync + Send,
+    ) {
+        for_rows_with(par, g, db, n, |r, grow, dbr| {
+            let mut sum = 0.0f32;
+            for (gv, &yv) in grow.iter_mut().zip(&y[r * n..(r + 1) * n]) {
+                *gv *= d(yv);
+                sum += *gv;
+            }
+            *dbr += sum;
+        });
+    }
+    match act {
+        Act::Identity => run(par, g, y, db, n, |_| 1.0),
+        Act::Relu => run(par, g, y, db, n, |yv| if yv > 0.0 { 1.0 } else { 0.0 }),
+        _ => run(par, g, y, db, n, |yv| act.deriv_from_output(yv)),
     }
 }
 

@@ -13,7 +13,7 @@ pub mod spmm;
 pub use bsr::bsr_spmm;
 pub use dense::gemm;
 pub use sddmm::sddmm;
-pub use spmm::{spmm, spmm_t};
+pub use spmm::{spmm, spmm_bias_act, spmm_t, RowAct};
 
 use rayon::prelude::*;
 

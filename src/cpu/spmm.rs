@@ -10,7 +10,7 @@
 
 use wide::f32x8;
 
-use super::simd::{finish1, finish8, gather8, gather_fits, load, sum_sets, LANES};
+use super::simd::{finish1, finish8, gather8, gather_fits, load, store, sum_sets, LANES};
 use super::{part_start, run_parts, Accum, Par, SendPtr};
 use crate::error::{check_dims, check_len, Result};
 use crate::sparse::CsrPattern;
@@ -41,8 +41,120 @@ pub fn spmm(
     check_dims("spmm B (K×N)", k, n, b.len())?;
     check_dims("spmm C (M×N)", m, n, c.len())?;
     // SAFETY: lengths checked above; pattern invariants bound every index.
-    unsafe { spmm_driver(c, pattern, &Direct(values), b, n, alpha, accum, par) };
+    unsafe { spmm_driver(c, pattern, &Direct(values), b, n, alpha, accum, &Plain, par) };
     Ok(())
+}
+
+/// The elementwise step [`spmm_bias_act`] applies to each output: one of the
+/// piecewise-linear nonlinearities, which vectorise exactly as their scalar forms.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RowAct {
+    /// `v`
+    Identity,
+    /// `max(v, 0)`
+    Relu,
+    /// `v` where positive, `slope·v` elsewhere
+    LeakyRelu(f32),
+}
+
+/// `C[M×N] = act(A·B + bias)`, `bias[i]` added along row `i`: [`spmm`] with the bias add
+/// and the nonlinearity applied as each output is written, so the output is written
+/// once and never read back (a sparse layer's forward pass in one kernel). The values
+/// are those of [`spmm`] followed by the bias add and `act`, bit for bit.
+#[allow(clippy::too_many_arguments)]
+pub fn spmm_bias_act(
+    c: &mut [f32],
+    pattern: &CsrPattern,
+    values: &[f32],
+    b: &[f32],
+    n: usize,
+    bias: &[f32],
+    act: RowAct,
+    par: Par,
+) -> Result<()> {
+    let (m, k) = (pattern.nrows(), pattern.ncols());
+    check_len("spmm_bias_act A values", pattern.nnz(), values.len())?;
+    check_dims("spmm_bias_act B (K×N)", k, n, b.len())?;
+    check_dims("spmm_bias_act C (M×N)", m, n, c.len())?;
+    check_len("spmm_bias_act bias", m, bias.len())?;
+    let epi = BiasAct { bias, act };
+    // SAFETY: lengths checked above (bias holds a value per row); pattern invariants
+    // bound every index.
+    unsafe {
+        spmm_driver(
+            c,
+            pattern,
+            &Direct(values),
+            b,
+            n,
+            1.0,
+            Accum::Replace,
+            &epi,
+            par,
+        )
+    };
+    Ok(())
+}
+
+/// What the kernel does to each output value `v` of row `i` (already scaled by `α`)
+/// before it is stored.
+trait Epilogue: Sync {
+    /// whether the epilogue does nothing (then `Accum` modes apply as usual)
+    const NONE: bool;
+    /// eight outputs of row `i`
+    unsafe fn apply8(&self, i: usize, v: f32x8) -> f32x8;
+    /// one output of row `i`
+    unsafe fn apply1(&self, i: usize, v: f32) -> f32;
+}
+
+/// Stores the products as they are.
+struct Plain;
+
+impl Epilogue for Plain {
+    const NONE: bool = true;
+    #[inline(always)]
+    unsafe fn apply8(&self, _: usize, v: f32x8) -> f32x8 {
+        v
+    }
+    #[inline(always)]
+    unsafe fn apply1(&self, _: usize, v: f32) -> f32 {
+        v
+    }
+}
+
+/// `act(v + bias[i])`.
+struct BiasAct<'a> {
+    bias: &'a [f32],
+    act: RowAct,
+}
+
+impl Epilogue for BiasAct<'_> {
+    const NONE: bool = false;
+    #[inline(always)]
+    unsafe fn apply8(&self, i: usize, v: f32x8) -> f32x8 {
+        let v = v + f32x8::splat(*self.bias.get_unchecked(i));
+        match self.act {
+            RowAct::Identity => v,
+            // max(v, 0) with 0 for NaN, as f32::max(v, 0.0)
+            RowAct::Relu => v.fast_max(f32x8::ZERO),
+            RowAct::LeakyRelu(a) => v.simd_gt(f32x8::ZERO).select(v, v * f32x8::splat(a)),
+        }
+    }
+    #[inline(always)]
+    unsafe fn apply1(&self, i: usize, v: f32) -> f32 {
+        let v = v + *self.bias.get_unchecked(i);
+        match self.act {
+            RowAct::Identity => v,
+            RowAct::Relu => v.max(0.0),
+            RowAct::LeakyRelu(a) => {
+                if v > 0.0 {
+                    v
+                } else {
+                    a * v
+                }
+            }
+        }
+    }
 }
 
 /// `C[K×N] = α·Aᵀ·B (+ β·C)`: `A` is `M×K` CSR, `B` is `M×N`, `C` is `K×N`. Runs over the
@@ -68,7 +180,7 @@ pub fn spmm_t(
         perm: &t.perm,
     };
     // SAFETY: perm is a permutation of 0..nnz, so every entry indexes `values`.
-    unsafe { spmm_driver(c, &t.pattern, &vals, b, n, alpha, accum, par) };
+    unsafe { spmm_driver(c, &t.pattern, &vals, b, n, alpha, accum, &Plain, par) };
     Ok(())
 }
 
@@ -114,7 +226,7 @@ impl EntryValues for Permuted<'_> {
 }
 
 #[allow(clippy::too_many_arguments)]
-unsafe fn spmm_driver<E: EntryValues>(
+unsafe fn spmm_driver<E: EntryValues, P: Epilogue>(
     c: &mut [f32],
     pattern: &CsrPattern,
     val: &E,
@@ -122,6 +234,7 @@ unsafe fn spmm_driver<E: EntryValues>(
     n: usize,
     alpha: f32,
     accum: Accum,
+    epi: &P,
     par: Par,
 ) {
     let m = pattern.nrows();
@@ -152,6 +265,7 @@ unsafe fn spmm_driver<E: EntryValues>(
                     cp.get(),
                     alpha,
                     accum,
+                    epi,
                     gather_ok,
                 );
             }
@@ -173,6 +287,7 @@ unsafe fn spmm_driver<E: EntryValues>(
             cp.get(),
             alpha,
             accum,
+            epi,
             gather_ok,
         );
     });
@@ -195,7 +310,7 @@ pub(crate) fn wide_panel(k: usize, n: usize) -> usize {
 
 #[allow(clippy::too_many_arguments)]
 #[inline(never)]
-unsafe fn spmm_rows<E: EntryValues>(
+unsafe fn spmm_rows<E: EntryValues, P: Epilogue>(
     rows: std::ops::Range<usize>,
     row_ptr: &[u32],
     col_idx: &[u32],
@@ -206,6 +321,7 @@ unsafe fn spmm_rows<E: EntryValues>(
     c: *mut f32,
     alpha: f32,
     accum: Accum,
+    epi: &P,
     gather_ok: bool,
 ) {
     let cols = col_idx.as_ptr();
@@ -219,27 +335,31 @@ unsafe fn spmm_rows<E: EntryValues>(
         let mut j = span.start;
         while j + 64 <= jend {
             let acc = tile::<8, 1, E>(start, end, cols, val, b, n, j);
-            write_tile(crow.add(j), acc, alpha, accum);
+            write_tile(crow.add(j), acc, alpha, accum, epi, i);
             j += 64;
         }
         if j + 32 <= jend {
             let acc = tile::<4, 2, E>(start, end, cols, val, b, n, j);
-            write_tile(crow.add(j), acc, alpha, accum);
+            write_tile(crow.add(j), acc, alpha, accum, epi, i);
             j += 32;
         }
         if j + 16 <= jend {
             let acc = tile::<2, 4, E>(start, end, cols, val, b, n, j);
-            write_tile(crow.add(j), acc, alpha, accum);
+            write_tile(crow.add(j), acc, alpha, accum, epi, i);
             j += 16;
         }
         if j + 8 <= jend {
             let acc = tile::<1, 4, E>(start, end, cols, val, b, n, j);
-            write_tile(crow.add(j), acc, alpha, accum);
+            write_tile(crow.add(j), acc, alpha, accum, epi, i);
             j += 8;
         }
         while j < jend {
             let acc = column(start, end, cols, val, b, n, j, gather_ok);
-            finish1(&mut *crow.add(j), acc, alpha, accum);
+            if P::NONE {
+                finish1(&mut *crow.add(j), acc, alpha, accum);
+            } else {
+                *crow.add(j) = epi.apply1(i, alpha * acc);
+            }
             j += 1;
         }
     }
@@ -283,10 +403,22 @@ unsafe fn tile<const W: usize, const U: usize, E: EntryValues>(
     sum_sets(acc)
 }
 
+/// Writes a tile of row `i`: `α·acc (+ β·dst)`, or `epi(α·acc)` (`Replace` only).
 #[inline(always)]
-unsafe fn write_tile<const W: usize>(dst: *mut f32, acc: [f32x8; W], alpha: f32, accum: Accum) {
+unsafe fn write_tile<const W: usize, P: Epilogue>(
+    dst: *mut f32,
+    acc: [f32x8; W],
+    alpha: f32,
+    accum: Accum,
+    epi: &P,
+    i: usize,
+) {
     for (w, a) in acc.into_iter().enumerate() {
-        finish8(dst.add(w * LANES), a, alpha, accum);
+        if P::NONE {
+            finish8(dst.add(w * LANES), a, alpha, accum);
+        } else {
+            store(dst.add(w * LANES), epi.apply8(i, a * f32x8::splat(alpha)));
+        }
     }
 }
 

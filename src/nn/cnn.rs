@@ -576,20 +576,22 @@ impl Model for Cnn {
                     ..
                 } => {
                     let col = tape.im2col(h, *geom)?;
-                    let z = tape.linear(&self.params, col, *weight)?;
-                    if let Some(t) = trace.as_deref_mut() {
-                        t.push((col, z));
-                    }
-                    h = match (bias, norm) {
+                    let (z, y) = match (bias, norm) {
                         (Some(b), _) => {
-                            tape.bias_act(&self.params, z, *b, self.config.activation.act())?
+                            let act = self.config.activation.act();
+                            tape.linear_bias_act(&self.params, col, *weight, *b, act)?
                         }
                         (None, Some(norm)) => {
+                            let z = tape.linear(&self.params, col, *weight)?;
                             let y = self.normalise(tape, z, norm, train)?;
-                            self.activate(tape, y)?
+                            (z, self.activate(tape, y)?)
                         }
                         (None, None) => unreachable!("a convolution has a bias or a norm"),
                     };
+                    if let Some(t) = trace.as_deref_mut() {
+                        t.push((col, z));
+                    }
+                    h = y;
                 }
                 Stage::Pool { geom, kind } => h = tape.pool2d(h, *geom, *kind)?,
                 Stage::Linear {
@@ -603,17 +605,16 @@ impl Model for Cnn {
                     if r != *fan_in {
                         h = tape.reshape(h, *fan_in, r * c / fan_in)?; // flatten
                     }
-                    let input = h;
-                    let z = tape.linear(&self.params, h, *weight)?;
-                    if let Some(t) = trace.as_deref_mut() {
-                        t.push((input, z));
-                    }
                     let act = if *last {
                         Act::Identity
                     } else {
                         self.config.activation.act()
                     };
-                    h = tape.bias_act(&self.params, z, *bias, act)?;
+                    let (z, y) = tape.linear_bias_act(&self.params, h, *weight, *bias, act)?;
+                    if let Some(t) = trace.as_deref_mut() {
+                        t.push((h, z));
+                    }
+                    h = y;
                     if !*last && train && self.config.dropout > 0.0 {
                         h = tape.dropout(h, self.config.dropout, rng)?;
                     }

@@ -230,17 +230,16 @@ impl Model for Mlp {
             t.clear();
         }
         for (l, layer) in self.layers.iter().enumerate() {
-            let input = h;
-            h = tape.linear(&self.params, h, layer.weight)?;
-            if let Some(t) = trace.as_deref_mut() {
-                t.push((input, h));
-            }
             let act = if l < last {
                 self.config.activation.act()
             } else {
                 Act::Identity
             };
-            h = tape.bias_act(&self.params, h, layer.bias, act)?;
+            let (z, y) = tape.linear_bias_act(&self.params, h, layer.weight, layer.bias, act)?;
+            if let Some(t) = trace.as_deref_mut() {
+                t.push((h, z));
+            }
+            h = y;
             if l < last && train && self.config.dropout > 0.0 {
                 h = tape.dropout(h, self.config.dropout, rng)?;
             }
