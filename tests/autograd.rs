@@ -449,6 +449,67 @@ fn fused_sparse_linear_matches_separate_ops() {
     }
 }
 
+/// Two fused sparse layers: the second's transposed product applies the first's
+/// nonlinearity and bias gradient as it writes (`spmm_t_act_grad`). Values, every
+/// gradient and both retained `dZ` equal the unfused ops bit for bit — also when a second
+/// reader of the hidden layer turns the folding off.
+#[test]
+fn fused_backward_through_two_sparse_layers_matches_separate_ops() {
+    use rewire::autograd::Act;
+    for (k, act) in [Act::Relu, Act::LeakyRelu(0.05), Act::Identity]
+        .into_iter()
+        .enumerate()
+    {
+        for second_reader in [false, true] {
+            let mut rng = seed_rng(70 + k as u64);
+            let (fan_in, hid, out, n) = (41, 37, 9, 77);
+            let mut params = ParamStore::new();
+            let w1 = params.add(sparse_param(hid, fan_in, 300, &mut rng));
+            let b1 = params.add(bias_param(hid, &mut rng));
+            let w2 = params.add(sparse_param(out, hid, 120, &mut rng));
+            let b2 = params.add(bias_param(out, &mut rng));
+            let x = rand_vec(fan_in * n, &mut rng, 1.0);
+            let labels: Vec<u32> = (0..n as u32).map(|j| j % out as u32).collect();
+            let run = |fused: bool, params: &mut ParamStore| {
+                let mut t = Tape::new(Par::Rayon(2));
+                t.set_retain_linear_grads(true);
+                let xv = t.input(&x, fan_in, n, true).unwrap();
+                let layer = |t: &mut Tape, params: &ParamStore, h, w, b, act| {
+                    if fused {
+                        t.linear_bias_act(params, h, w, b, act).unwrap()
+                    } else {
+                        let z = t.linear(params, h, w).unwrap();
+                        (z, t.bias_act(params, z, b, act).unwrap())
+                    }
+                };
+                let (z1, h1) = layer(&mut t, params, xv, w1, b1, act);
+                if second_reader {
+                    t.tanh(h1).unwrap(); // read, but not part of the loss
+                }
+                let (z2, y) = layer(&mut t, params, h1, w2, b2, Act::Identity);
+                let l = t.softmax_cross_entropy(y, &labels).unwrap();
+                params.zero_grad();
+                t.backward(l, params).unwrap();
+                let grads: Vec<Vec<f32>> = [w1, b1, w2, b2]
+                    .iter()
+                    .map(|&p| params.get(p).grad.to_vec())
+                    .collect();
+                (
+                    t.value(y).to_vec(),
+                    t.grad(z1).expect("dZ1").to_vec(),
+                    t.grad(z2).expect("dZ2").to_vec(),
+                    t.grad(xv).unwrap().to_vec(),
+                    grads,
+                )
+            };
+            let fused = run(true, &mut params);
+            let separate = run(false, &mut params);
+            assert_eq!(fused, separate, "{act:?} second reader {second_reader}");
+            assert!(fused.4[1].iter().any(|&v| v != 0.0), "db1 reached");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // convolution-network ops
 // ---------------------------------------------------------------------------------------

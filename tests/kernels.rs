@@ -11,7 +11,9 @@ use std::sync::{Arc, OnceLock};
 use rayon::{ThreadPool, ThreadPoolBuilder};
 use rewire::cpu::dense::{gemm_ex, Trans};
 use rewire::cpu::reference::{bsr_spmm_ref, gemm_ref, sddmm_ref, spmm_ref, spmm_t_ref};
-use rewire::cpu::{bsr_spmm, gemm, sddmm, spmm, spmm_bias_act, spmm_t, RowAct};
+use rewire::cpu::{
+    bsr_spmm, gemm, row_sum, sddmm, spmm, spmm_bias_act, spmm_t, spmm_t_act_grad, RowAct,
+};
 use rewire::sparse::{
     aligned_zeros, nnz_for_sparsity, seed_rng, skewed_row_nnz, Bsr, BsrPattern, Csr, CsrPattern,
 };
@@ -590,6 +592,109 @@ fn spmm_bias_act_is_spmm_then_bias_and_act() {
                 Par::Seq,
             );
             assert!(err.is_err(), "short bias accepted");
+        }
+    }
+}
+
+#[test]
+fn row_sum_adds_every_element() {
+    let mut g = Gen::new(77);
+    for len in [0, 1, 7, 8, 9, 16, 63, 129, 1000] {
+        let v = g.vec(len);
+        let exact: f64 = v.iter().map(|&x| x as f64).sum();
+        let bound: f64 = v.iter().map(|&x| x.abs() as f64).sum();
+        let got = row_sum(&v) as f64;
+        assert!(
+            (got - exact).abs() <= 1e-6 * bound + 1e-30,
+            "len {len}: {got} vs {exact}"
+        );
+    }
+    assert_eq!(row_sum(&[1.0, 2.0, 3.0]), 6.0);
+}
+
+/// `(Aᵀ·B) ⊙ act'(Y)` with its row sums equals `spmm_t` followed by the scalar
+/// multiply and `row_sum`, bit for bit, on every tile width, empty rows, the wide-`N`
+/// fallback and every thread setting; operands of the wrong length are errors.
+#[test]
+fn spmm_t_act_grad_is_spmm_t_then_act_derivative() {
+    let acts = [RowAct::Identity, RowAct::Relu, RowAct::LeakyRelu(0.1)];
+    let mut cases: Vec<(CsrPattern, usize)> = Vec::new();
+    let tiles = rng_pattern(130, 150, 0.1, 31);
+    for &n in &NS {
+        cases.push((tiles.clone(), n));
+    }
+    cases.push((pattern_with_empty_rows(40, 63, 32), 75));
+    cases.push((rng_pattern(0, 5, 0.5, 33), 9));
+    cases.push((rng_pattern(7, 0, 0.5, 34), 9));
+    cases.push((rng_pattern(5, 6, 0.5, 35), 0));
+    cases.push((rng_pattern(800, 1000, 0.02, 36), 129));
+    cases.push((rng_pattern(45, 20, 0.3, 37), 7203));
+    for (t, (p, n)) in cases.iter().enumerate() {
+        let (m, k, n) = (p.nrows(), p.ncols(), *n);
+        let mut g = Gen::new(9500 + t as u64);
+        let (values, b) = (g.vec(p.nnz()), g.vec(m * n));
+        // activations with exact zeros and negatives, as after ReLU / leaky ReLU
+        let y: Vec<f32> = g
+            .vec(k * n)
+            .iter()
+            .map(|&v| if v < -0.5 { 0.0 } else { v })
+            .collect();
+        let mut plain = vec![0.0; k * n];
+        spmm_t(&mut plain, p, &values, &b, n, 1.0, Accum::Replace, Par::Seq).unwrap();
+        for act in acts {
+            let d = |yv: f32| match act {
+                RowAct::Identity => 1.0,
+                RowAct::Relu => (yv > 0.0) as u8 as f32,
+                RowAct::LeakyRelu(a) => {
+                    if yv > 0.0 {
+                        1.0
+                    } else {
+                        a
+                    }
+                }
+            };
+            let exp: Vec<f32> = plain.iter().zip(&y).map(|(&v, &yv)| v * d(yv)).collect();
+            let exp_sums: Vec<f32> = (0..k).map(|r| row_sum(&exp[r * n..(r + 1) * n])).collect();
+            for &(par, threads) in &PAR_RUNS {
+                let mut got = vec![f32::NAN; k * n];
+                let mut sums = vec![f32::NAN; k];
+                pool(threads)
+                    .install(|| {
+                        spmm_t_act_grad(&mut got, p, &values, &b, n, &y, act, &mut sums, par)
+                    })
+                    .unwrap();
+                let case = format!("case {t} M={m} K={k} N={n} {act:?} {par:?} pool={threads}");
+                assert_eq!(got, exp, "{case}");
+                assert_eq!(sums, exp_sums, "{case} row sums");
+            }
+        }
+        let mut out = vec![0.0; k * n];
+        let mut sums = vec![0.0; k];
+        if k > 0 && n > 0 {
+            let short_y = spmm_t_act_grad(
+                &mut out,
+                p,
+                &values,
+                &b,
+                n,
+                &y[1..],
+                RowAct::Relu,
+                &mut sums,
+                Par::Seq,
+            );
+            assert!(short_y.is_err(), "short Y accepted");
+            let short_sums = spmm_t_act_grad(
+                &mut out,
+                p,
+                &values,
+                &b,
+                n,
+                &y,
+                RowAct::Relu,
+                &mut sums[1..],
+                Par::Seq,
+            );
+            assert!(short_sums.is_err(), "short row sums accepted");
         }
     }
 }

@@ -17,7 +17,9 @@ pub use conv::{Conv2dGeom, Pool2dGeom, PoolKind};
 use rand::RngExt;
 
 use crate::cpu::dense::{gemm_ex, Trans};
-use crate::cpu::{gemm, sddmm, spmm, spmm_bias_act, spmm_t, Accum, Par, RowAct};
+use crate::cpu::{
+    gemm, row_sum, sddmm, spmm, spmm_bias_act, spmm_t, spmm_t_act_grad, Accum, Par, RowAct,
+};
 use crate::error::{check_dims, check_len, Error, Result};
 use crate::nn::{ParamId, ParamShape, ParamStore};
 use crate::sparse::{aligned_zeros, AlignedVec, SeedRng};
@@ -191,6 +193,35 @@ struct Node {
     stats: Option<AlignedVec>,
     op: Op,
     requires_grad: bool,
+    /// nodes that read this one's value
+    consumers: u32,
+    /// the gradient already holds `dZ` (a [`Op::SparseLinearBiasAct`] node whose
+    /// nonlinearity and bias were back-propagated by the product that fed it)
+    grad_is_dz: bool,
+}
+
+impl Op {
+    /// The nodes whose values the op reads.
+    fn inputs(&self) -> [Option<Var>; 1] {
+        match *self {
+            Op::Input => [None],
+            Op::SparseLinear { x, .. }
+            | Op::DenseLinear { x, .. }
+            | Op::SparseLinearBiasAct { x, .. }
+            | Op::BiasAdd { x, .. }
+            | Op::BiasAct { x, .. }
+            | Op::Relu(x)
+            | Op::LeakyRelu(x, _)
+            | Op::Tanh(x)
+            | Op::Sigmoid(x)
+            | Op::Dropout(x)
+            | Op::SoftmaxCrossEntropy(x)
+            | Op::Im2col { x, .. }
+            | Op::Pool2d { x, .. }
+            | Op::Reshape(x)
+            | Op::BatchNorm { x, .. } => [Some(x)],
+        }
+    }
 }
 
 /// Recycled buffers, by length.
@@ -277,6 +308,9 @@ impl Tape {
         op: Op,
         requires_grad: bool,
     ) -> Var {
+        for x in op.inputs().into_iter().flatten() {
+            self.nodes[x.0].consumers += 1;
+        }
         self.nodes.push(Node {
             rows,
             cols,
@@ -287,6 +321,8 @@ impl Tape {
             stats: None,
             op,
             requires_grad,
+            consumers: 0,
+            grad_is_dz: false,
         });
         Var(self.nodes.len() - 1)
     }
@@ -746,11 +782,44 @@ impl Tape {
         // dW on live connections only: dW[i,j] = ⟨dZ[i,:], X[j,:]⟩.
         sddmm(&mut p.grad, &pattern, g, xv, n, 1.0, Accum::Add(1.0), par)?;
         if let Some((mut dx, mode)) = self.grad_target(x) {
-            let w = &params.get(w).value;
-            spmm_t(&mut dx, &pattern, w, g, n, 1.0, mode, par)?;
+            let wv = &params.get(w).value;
+            match self.fusable_input(x, mode) {
+                // x = act(W'·x' + b') read by this node alone: dX·act'(x) and db' as
+                // dX is written, and x's backward skips that step
+                Some((b, act)) => {
+                    let mut sums = self.pool.take(pattern.ncols());
+                    let y = &self.nodes[x.0].value;
+                    spmm_t_act_grad(&mut dx, &pattern, wv, g, n, y, act, &mut sums, par)?;
+                    for (d, s) in params.get_mut(b).grad.iter_mut().zip(sums.iter()) {
+                        *d += s;
+                    }
+                    self.pool.give(sums);
+                    self.nodes[x.0].grad_is_dz = true;
+                }
+                None => spmm_t(&mut dx, &pattern, wv, g, n, 1.0, mode, par)?,
+            }
             self.nodes[x.0].grad = Some(dx);
         }
         Ok(())
+    }
+
+    /// The bias and nonlinearity of `x` when its backward can be folded into the
+    /// transposed product that computes its gradient: `x` is a fused sparse layer, this
+    /// is its only reader, and its gradient starts here (`Replace`).
+    fn fusable_input(&self, x: Var, mode: Accum) -> Option<(ParamId, RowAct)> {
+        let node = &self.nodes[x.0];
+        if node.consumers != 1 || !matches!(mode, Accum::Replace) {
+            return None;
+        }
+        match node.op {
+            Op::SparseLinearBiasAct { b, act, .. } => match act {
+                Act::Identity => Some((b, RowAct::Identity)),
+                Act::Relu => Some((b, RowAct::Relu)),
+                Act::LeakyRelu(a) => Some((b, RowAct::LeakyRelu(a))),
+                _ => None,
+            },
+            _ => None,
+        }
     }
 
     /// Back-propagates through node `i`, whose gradient is `g`; returns a buffer that is
@@ -770,9 +839,12 @@ impl Tape {
                 Ok(Some(g))
             }
             Op::SparseLinearBiasAct { x, w, b, act } => {
-                // dZ = dY·act'(Y) and db in place, then the product's backward on dZ
-                let y = &self.nodes[i].value;
-                bias_act_backward(par, &mut g, y, &mut params.get_mut(b).grad, n, act);
+                // dZ = dY·act'(Y) and db in place (unless the product that fed dY did it),
+                // then the product's backward on dZ
+                if !self.nodes[i].grad_is_dz {
+                    let y = &self.nodes[i].value;
+                    bias_act_backward(par, &mut g, y, &mut params.get_mut(b).grad, n, act);
+                }
                 self.sparse_linear_backward(x, w, &g, n, params)?;
                 Ok(Some(g))
             }
@@ -817,7 +889,7 @@ impl Tape {
                 let p = params.get_mut(b);
                 let rows = self.nodes[i].rows;
                 for r in 0..rows {
-                    p.grad[r] += g[r * n..(r + 1) * n].iter().sum::<f32>();
+                    p.grad[r] += row_sum(&g[r * n..(r + 1) * n]);
                 }
                 Ok(self.contribute(x, g))
             }
@@ -916,7 +988,7 @@ impl Tape {
 }
 
 /// The backward of `y = act(z + b)` in place: `g ← g·act'(y)` (now `dZ`) and
-/// `db[r] += Σ_j g[r, j]`, one pass over the rows.
+/// `db[r] += Σ_j g[r, j]` ([`row_sum`]), row by row.
 fn bias_act_backward(par: Par, g: &mut [f32], y: &[f32], db: &mut [f32], n: usize, act: Act) {
     fn run(
         par: Par,
@@ -927,12 +999,10 @@ fn bias_act_backward(par: Par, g: &mut [f32], y: &[f32], db: &mut [f32], n: usiz
         d: impl Fn(f32) -> f32 + Sync + Send,
     ) {
         for_rows_with(par, g, db, n, |r, grow, dbr| {
-            let mut sum = 0.0f32;
             for (gv, &yv) in grow.iter_mut().zip(&y[r * n..(r + 1) * n]) {
                 *gv *= d(yv);
-                sum += *gv;
             }
-            *dbr += sum;
+            *dbr += row_sum(grow);
         });
     }
     match act {

@@ -13,9 +13,28 @@ pub mod spmm;
 pub use bsr::bsr_spmm;
 pub use dense::gemm;
 pub use sddmm::sddmm;
-pub use spmm::{spmm, spmm_bias_act, spmm_t, RowAct};
+pub use spmm::{spmm, spmm_bias_act, spmm_t, spmm_t_act_grad, RowAct};
 
 use rayon::prelude::*;
+use wide::f32x8;
+
+/// The sum of `v` in a fixed order: eight lanes along `v`, their total, then the tail.
+/// Bias gradients are these row sums (in the fused kernels and the separate pass alike,
+/// so the two agree to the bit); eight independent chains instead of one keep it from
+/// waiting on each addition.
+pub fn row_sum(v: &[f32]) -> f32 {
+    let chunks = v.chunks_exact(8);
+    let tail = chunks.remainder();
+    let mut acc = f32x8::ZERO;
+    for c in chunks {
+        acc += f32x8::from(<[f32; 8]>::try_from(c).expect("chunks of eight"));
+    }
+    let mut sum = acc.reduce_add();
+    for &t in tail {
+        sum += t;
+    }
+    sum
+}
 
 /// How a kernel uses threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

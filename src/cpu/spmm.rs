@@ -96,15 +96,18 @@ pub fn spmm_bias_act(
     Ok(())
 }
 
-/// What the kernel does to each output value `v` of row `i` (already scaled by `α`)
-/// before it is stored.
+/// What the kernel does to each output value `v` at row `i`, column `j` (already scaled
+/// by `α`) before it is stored, and to each finished row.
 trait Epilogue: Sync {
     /// whether the epilogue does nothing (then `Accum` modes apply as usual)
     const NONE: bool;
-    /// eight outputs of row `i`
-    unsafe fn apply8(&self, i: usize, v: f32x8) -> f32x8;
-    /// one output of row `i`
-    unsafe fn apply1(&self, i: usize, v: f32) -> f32;
+    /// outputs `j .. j + 8` of row `i`
+    unsafe fn apply8(&self, i: usize, j: usize, v: f32x8) -> f32x8;
+    /// output `j` of row `i`
+    unsafe fn apply1(&self, i: usize, j: usize, v: f32) -> f32;
+    /// row `i` is written (all of its columns: the row schedule only)
+    #[inline(always)]
+    unsafe fn row_done(&self, _i: usize, _row: *const f32) {}
 }
 
 /// Stores the products as they are.
@@ -113,11 +116,11 @@ struct Plain;
 impl Epilogue for Plain {
     const NONE: bool = true;
     #[inline(always)]
-    unsafe fn apply8(&self, _: usize, v: f32x8) -> f32x8 {
+    unsafe fn apply8(&self, _: usize, _: usize, v: f32x8) -> f32x8 {
         v
     }
     #[inline(always)]
-    unsafe fn apply1(&self, _: usize, v: f32) -> f32 {
+    unsafe fn apply1(&self, _: usize, _: usize, v: f32) -> f32 {
         v
     }
 }
@@ -131,7 +134,7 @@ struct BiasAct<'a> {
 impl Epilogue for BiasAct<'_> {
     const NONE: bool = false;
     #[inline(always)]
-    unsafe fn apply8(&self, i: usize, v: f32x8) -> f32x8 {
+    unsafe fn apply8(&self, i: usize, _: usize, v: f32x8) -> f32x8 {
         let v = v + f32x8::splat(*self.bias.get_unchecked(i));
         match self.act {
             RowAct::Identity => v,
@@ -141,7 +144,7 @@ impl Epilogue for BiasAct<'_> {
         }
     }
     #[inline(always)]
-    unsafe fn apply1(&self, i: usize, v: f32) -> f32 {
+    unsafe fn apply1(&self, i: usize, _: usize, v: f32) -> f32 {
         let v = v + *self.bias.get_unchecked(i);
         match self.act {
             RowAct::Identity => v,
@@ -155,6 +158,130 @@ impl Epilogue for BiasAct<'_> {
             }
         }
     }
+}
+
+/// `v·act'(y)` with `y` the activation at the same position, and each finished row's sum
+/// into `sums`: the backward of [`spmm_bias_act`]'s nonlinearity and bias, applied as
+/// the transposed product that feeds it is written.
+struct ActGrad {
+    /// the activations `[rows × n]`
+    y: *const f32,
+    n: usize,
+    act: RowAct,
+    /// one sum per row, each written by the thread that owns the row
+    sums: *mut f32,
+}
+
+// SAFETY: `y` is only read; each row's sum is written by the one thread that owns the row.
+unsafe impl Sync for ActGrad {}
+
+impl ActGrad {
+    #[inline(always)]
+    fn deriv8(&self, y: f32x8) -> f32x8 {
+        match self.act {
+            RowAct::Identity => f32x8::ONE,
+            RowAct::Relu => y.simd_gt(f32x8::ZERO).select(f32x8::ONE, f32x8::ZERO),
+            RowAct::LeakyRelu(a) => y.simd_gt(f32x8::ZERO).select(f32x8::ONE, f32x8::splat(a)),
+        }
+    }
+}
+
+impl Epilogue for ActGrad {
+    const NONE: bool = false;
+    #[inline(always)]
+    unsafe fn apply8(&self, i: usize, j: usize, v: f32x8) -> f32x8 {
+        v * self.deriv8(load(self.y.add(i * self.n + j)))
+    }
+    #[inline(always)]
+    unsafe fn apply1(&self, i: usize, j: usize, v: f32) -> f32 {
+        v * act_deriv(self.act, *self.y.add(i * self.n + j))
+    }
+    #[inline(always)]
+    unsafe fn row_done(&self, i: usize, row: *const f32) {
+        *self.sums.add(i) = super::row_sum(std::slice::from_raw_parts(row, self.n));
+    }
+}
+
+/// The derivative of `act` at the input whose output is `y`.
+#[inline(always)]
+fn act_deriv(act: RowAct, y: f32) -> f32 {
+    match act {
+        RowAct::Identity => 1.0,
+        RowAct::Relu => {
+            if y > 0.0 {
+                1.0
+            } else {
+                0.0
+            }
+        }
+        RowAct::LeakyRelu(a) => {
+            if y > 0.0 {
+                1.0
+            } else {
+                a
+            }
+        }
+    }
+}
+
+/// `C[K×N] = (Aᵀ·B) ⊙ act'(Y)` and `row_sums[r] = Σ_j C[r, j]` ([`row_sum`]): the
+/// transposed product
+/// that carries a gradient back into a layer `Y = act(W·X + b)` ([`spmm_bias_act`]),
+/// with that layer's nonlinearity and bias gradient applied as it is written, so `C`
+/// comes out as the layer's `dZ` and `row_sums` as its `db`. `Y` is `K×N`. The values
+/// are those of [`spmm_t`] followed by the multiplication and [`row_sum`], bit for bit.
+///
+/// [`row_sum`]: super::row_sum
+#[allow(clippy::too_many_arguments)]
+pub fn spmm_t_act_grad(
+    c: &mut [f32],
+    pattern: &CsrPattern,
+    values: &[f32],
+    b: &[f32],
+    n: usize,
+    y: &[f32],
+    act: RowAct,
+    row_sums: &mut [f32],
+    par: Par,
+) -> Result<()> {
+    let (m, k) = (pattern.nrows(), pattern.ncols());
+    check_len("spmm_t_act_grad A values", pattern.nnz(), values.len())?;
+    check_dims("spmm_t_act_grad B (M×N)", m, n, b.len())?;
+    check_dims("spmm_t_act_grad C (K×N)", k, n, c.len())?;
+    check_dims("spmm_t_act_grad Y (K×N)", k, n, y.len())?;
+    check_len("spmm_t_act_grad row sums", k, row_sums.len())?;
+    if k == 0 {
+        return Ok(());
+    }
+    if n == 0 || wide_panel(m, n) > 0 {
+        // the wide-N schedule splits rows over threads by columns: no whole rows to sum
+        spmm_t(c, pattern, values, b, n, 1.0, Accum::Replace, par)?;
+        for (r, (row, sum)) in c.chunks_mut(n.max(1)).zip(row_sums.iter_mut()).enumerate() {
+            for (v, &yv) in row.iter_mut().zip(&y[r * n..(r + 1) * n]) {
+                *v *= act_deriv(act, yv);
+            }
+            *sum = super::row_sum(row);
+        }
+        if n == 0 {
+            row_sums.fill(0.0);
+        }
+        return Ok(());
+    }
+    let t = pattern.transpose();
+    let vals = Permuted {
+        values,
+        perm: &t.perm,
+    };
+    let epi = ActGrad {
+        y: y.as_ptr(),
+        n,
+        act,
+        sums: row_sums.as_mut_ptr(),
+    };
+    // SAFETY: lengths checked above; perm is a permutation of 0..nnz; y and row_sums hold
+    // K·N and K floats; the row schedule gives each row to one thread.
+    unsafe { spmm_driver(c, &t.pattern, &vals, b, n, 1.0, Accum::Replace, &epi, par) };
+    Ok(())
 }
 
 /// `C[K×N] = α·Aᵀ·B (+ β·C)`: `A` is `M×K` CSR, `B` is `M×N`, `C` is `K×N`. Runs over the
@@ -335,22 +462,22 @@ unsafe fn spmm_rows<E: EntryValues, P: Epilogue>(
         let mut j = span.start;
         while j + 64 <= jend {
             let acc = tile::<8, 1, E>(start, end, cols, val, b, n, j);
-            write_tile(crow.add(j), acc, alpha, accum, epi, i);
+            write_tile(crow, j, acc, alpha, accum, epi, i);
             j += 64;
         }
         if j + 32 <= jend {
             let acc = tile::<4, 2, E>(start, end, cols, val, b, n, j);
-            write_tile(crow.add(j), acc, alpha, accum, epi, i);
+            write_tile(crow, j, acc, alpha, accum, epi, i);
             j += 32;
         }
         if j + 16 <= jend {
             let acc = tile::<2, 4, E>(start, end, cols, val, b, n, j);
-            write_tile(crow.add(j), acc, alpha, accum, epi, i);
+            write_tile(crow, j, acc, alpha, accum, epi, i);
             j += 16;
         }
         if j + 8 <= jend {
             let acc = tile::<1, 4, E>(start, end, cols, val, b, n, j);
-            write_tile(crow.add(j), acc, alpha, accum, epi, i);
+            write_tile(crow, j, acc, alpha, accum, epi, i);
             j += 8;
         }
         while j < jend {
@@ -358,9 +485,12 @@ unsafe fn spmm_rows<E: EntryValues, P: Epilogue>(
             if P::NONE {
                 finish1(&mut *crow.add(j), acc, alpha, accum);
             } else {
-                *crow.add(j) = epi.apply1(i, alpha * acc);
+                *crow.add(j) = epi.apply1(i, j, alpha * acc);
             }
             j += 1;
+        }
+        if !P::NONE && span.start == 0 && jend == n {
+            epi.row_done(i, crow);
         }
     }
 }
@@ -403,10 +533,12 @@ unsafe fn tile<const W: usize, const U: usize, E: EntryValues>(
     sum_sets(acc)
 }
 
-/// Writes a tile of row `i`: `α·acc (+ β·dst)`, or `epi(α·acc)` (`Replace` only).
+/// Writes the tile at column `j` of row `i` (`crow`): `α·acc (+ β·dst)`, or `epi(α·acc)`
+/// (`Replace` only).
 #[inline(always)]
 unsafe fn write_tile<const W: usize, P: Epilogue>(
-    dst: *mut f32,
+    crow: *mut f32,
+    j: usize,
     acc: [f32x8; W],
     alpha: f32,
     accum: Accum,
@@ -414,10 +546,11 @@ unsafe fn write_tile<const W: usize, P: Epilogue>(
     i: usize,
 ) {
     for (w, a) in acc.into_iter().enumerate() {
+        let jw = j + w * LANES;
         if P::NONE {
-            finish8(dst.add(w * LANES), a, alpha, accum);
+            finish8(crow.add(jw), a, alpha, accum);
         } else {
-            store(dst.add(w * LANES), epi.apply8(i, a * f32x8::splat(alpha)));
+            store(crow.add(jw), epi.apply8(i, jw, a * f32x8::splat(alpha)));
         }
     }
 }
