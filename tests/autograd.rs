@@ -299,7 +299,11 @@ fn sparse_weight_gradient_is_values_length() {
     assert!(params.get(w).grad.iter().any(|&g| g != 0.0));
 }
 
-fn fused(act: rewire::autograd::Act, seed: u64) {
+/// A sparse layer with a bias and `act`, then a dense head: through `linear` and
+/// `bias_act`, or (`one_node`) through `linear_bias_act`, which makes one fused SpMM
+/// node of the sparse layer for identity, ReLU and leaky ReLU.
+fn fused_case(act: rewire::autograd::Act, seed: u64, one_node: bool) {
+    use rewire::autograd::Act;
     let mut rng = seed_rng(seed);
     let mut params = ParamStore::new();
     let w1 = params.add(sparse_param(HID, IN, 20, &mut rng));
@@ -309,10 +313,15 @@ fn fused(act: rewire::autograd::Act, seed: u64) {
     let x = input(IN, &mut rng);
     check(
         &move |t, p, x| {
-            let z = t.linear(p, x, w1)?;
-            let h = t.bias_act(p, z, b1, act)?;
-            let z = t.linear(p, h, w2)?;
-            t.bias_act(p, z, b2, rewire::autograd::Act::Identity)
+            if one_node {
+                let (_, h) = t.linear_bias_act(p, x, w1, b1, act)?;
+                Ok(t.linear_bias_act(p, h, w2, b2, Act::Identity)?.1)
+            } else {
+                let z = t.linear(p, x, w1)?;
+                let h = t.bias_act(p, z, b1, act)?;
+                let z = t.linear(p, h, w2)?;
+                t.bias_act(p, z, b2, Act::Identity)
+            }
         },
         params,
         x,
@@ -333,7 +342,7 @@ fn fused_bias_activation_gradients() {
     .into_iter()
     .enumerate()
     {
-        fused(act, 20 + k as u64);
+        fused_case(act, 20 + k as u64, false);
     }
 }
 
@@ -362,28 +371,6 @@ fn fused_bias_activation_matches_separate_ops() {
     assert!(err.to_string().contains("slope"), "{err}");
 }
 
-/// A sparse layer through [`Tape::linear_bias_act`] (one fused SpMM node for identity,
-/// ReLU and leaky ReLU; linear + bias_act otherwise), then a dense head.
-fn fused_linear(act: rewire::autograd::Act, seed: u64) {
-    let mut rng = seed_rng(seed);
-    let mut params = ParamStore::new();
-    let w1 = params.add(sparse_param(HID, IN, 20, &mut rng));
-    let b1 = params.add(bias_param(HID, &mut rng));
-    let w2 = params.add(dense_param(CLASSES, HID, &mut rng));
-    let b2 = params.add(bias_param(CLASSES, &mut rng));
-    let x = input(IN, &mut rng);
-    check(
-        &move |t, p, x| {
-            let (_, h) = t.linear_bias_act(p, x, w1, b1, act)?;
-            let (_, y) = t.linear_bias_act(p, h, w2, b2, rewire::autograd::Act::Identity)?;
-            Ok(y)
-        },
-        params,
-        x,
-        IN,
-    );
-}
-
 #[test]
 fn fused_sparse_linear_gradients() {
     use rewire::autograd::Act;
@@ -396,63 +383,15 @@ fn fused_sparse_linear_gradients() {
         (Act::Tanh, 22),
         (Act::Identity, 24),
     ] {
-        fused_linear(act, seed);
+        fused_case(act, seed, true);
     }
 }
 
-/// The fused node gives the values and gradients of linear + bias_act, bit for bit, on
-/// shapes that reach every tile width of the SpMM (N = 75: 64 + 8 + 3), and keeps `dZ`
-/// as its retained gradient.
-#[test]
-fn fused_sparse_linear_matches_separate_ops() {
-    use rewire::autograd::Act;
-    for (k, act) in [Act::Relu, Act::LeakyRelu(0.2), Act::Identity]
-        .into_iter()
-        .enumerate()
-    {
-        let mut rng = seed_rng(50 + k as u64);
-        let (fan_in, out, n) = (33, 19, 75);
-        let mut params = ParamStore::new();
-        let w = params.add(sparse_param(out, fan_in, 150, &mut rng));
-        let b = params.add(bias_param(out, &mut rng));
-        let x = rand_vec(fan_in * n, &mut rng, 1.0);
-        let labels: Vec<u32> = (0..n as u32).map(|j| j % out as u32).collect();
-        let run = |fused: bool, params: &mut ParamStore| {
-            let mut t = Tape::new(Par::Rayon(2));
-            t.set_retain_linear_grads(true);
-            let xv = t.input(&x, fan_in, n, true).unwrap();
-            let (z, y) = if fused {
-                t.linear_bias_act(params, xv, w, b, act).unwrap()
-            } else {
-                let z = t.linear(params, xv, w).unwrap();
-                (z, t.bias_act(params, z, b, act).unwrap())
-            };
-            assert_eq!(fused, z == y, "one node when fused");
-            let l = t.softmax_cross_entropy(y, &labels).unwrap();
-            params.zero_grad();
-            t.backward(l, params).unwrap();
-            let grads: Vec<Vec<f32>> = [w, b]
-                .iter()
-                .map(|&p| params.get(p).grad.to_vec())
-                .collect();
-            (
-                t.value(y).to_vec(),
-                t.grad(z).expect("dZ retained").to_vec(),
-                t.grad(xv).unwrap().to_vec(),
-                grads,
-            )
-        };
-        let fused = run(true, &mut params);
-        let separate = run(false, &mut params);
-        assert_eq!(fused, separate, "{act:?}");
-        assert!(fused.0.iter().any(|&v| v != 0.0));
-    }
-}
-
-/// Two fused sparse layers: the second's transposed product applies the first's
-/// nonlinearity and bias gradient as it writes (`spmm_t_act_grad`). Values, every
-/// gradient and both retained `dZ` equal the unfused ops bit for bit — also when a second
-/// reader of the hidden layer turns the folding off.
+/// Two fused sparse layers (`linear_bias_act`: one SpMM node each), on shapes that reach
+/// every tile width of the SpMM (N = 77: 64 + 8 + 5): the second's transposed product
+/// applies the first's nonlinearity and bias gradient as it writes (`spmm_t_act_grad`).
+/// Values, every gradient and both retained `dZ` equal `linear` + `bias_act` bit for
+/// bit — also when a second reader of the hidden layer turns the folding off.
 #[test]
 fn fused_backward_through_two_sparse_layers_matches_separate_ops() {
     use rewire::autograd::Act;

@@ -552,21 +552,10 @@ fn spmm_bias_act_is_spmm_then_bias_and_act() {
         let mut z = vec![0.0; m * n];
         spmm(&mut z, p, &values, &b, n, 1.0, Accum::Replace, Par::Seq).unwrap();
         for act in acts {
-            let f = |v: f32| match act {
-                RowAct::Identity => v,
-                RowAct::Relu => v.max(0.0),
-                RowAct::LeakyRelu(a) => {
-                    if v > 0.0 {
-                        v
-                    } else {
-                        a * v
-                    }
-                }
-            };
             let exp: Vec<f32> = z
                 .iter()
                 .enumerate()
-                .map(|(e, &v)| f(v + bias[e / n.max(1)]))
+                .map(|(e, &v)| act.apply(v + bias[e / n.max(1)]))
                 .collect();
             for &(par, threads) in &PAR_RUNS {
                 let mut got = vec![f32::NAN; m * n];
@@ -642,18 +631,11 @@ fn spmm_t_act_grad_is_spmm_t_then_act_derivative() {
         let mut plain = vec![0.0; k * n];
         spmm_t(&mut plain, p, &values, &b, n, 1.0, Accum::Replace, Par::Seq).unwrap();
         for act in acts {
-            let d = |yv: f32| match act {
-                RowAct::Identity => 1.0,
-                RowAct::Relu => (yv > 0.0) as u8 as f32,
-                RowAct::LeakyRelu(a) => {
-                    if yv > 0.0 {
-                        1.0
-                    } else {
-                        a
-                    }
-                }
-            };
-            let exp: Vec<f32> = plain.iter().zip(&y).map(|(&v, &yv)| v * d(yv)).collect();
+            let exp: Vec<f32> = plain
+                .iter()
+                .zip(&y)
+                .map(|(&v, &yv)| v * act.deriv_from_output(yv))
+                .collect();
             let exp_sums: Vec<f32> = (0..k).map(|r| row_sum(&exp[r * n..(r + 1) * n])).collect();
             for &(par, threads) in &PAR_RUNS {
                 let mut got = vec![f32::NAN; k * n];

@@ -44,20 +44,22 @@ pub enum Act {
 }
 
 impl Act {
+    /// The same nonlinearity as the kernels' [`RowAct`], where it is one of those.
+    fn row_act(self) -> Option<RowAct> {
+        match self {
+            Act::Identity => Some(RowAct::Identity),
+            Act::Relu => Some(RowAct::Relu),
+            Act::LeakyRelu(a) => Some(RowAct::LeakyRelu(a)),
+            Act::Tanh | Act::Sigmoid => None,
+        }
+    }
+
     #[inline(always)]
     fn f(self, x: f32) -> f32 {
         match self {
-            Act::Identity => x,
-            Act::Relu => x.max(0.0),
-            Act::LeakyRelu(a) => {
-                if x > 0.0 {
-                    x
-                } else {
-                    a * x
-                }
-            }
             Act::Tanh => x.tanh(),
             Act::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            _ => self.row_act().map_or(x, |r| r.apply(x)),
         }
     }
 
@@ -65,23 +67,9 @@ impl Act {
     #[inline(always)]
     fn deriv_from_output(self, y: f32) -> f32 {
         match self {
-            Act::Identity => 1.0,
-            Act::Relu => {
-                if y > 0.0 {
-                    1.0
-                } else {
-                    0.0
-                }
-            }
-            Act::LeakyRelu(a) => {
-                if y > 0.0 {
-                    1.0
-                } else {
-                    a
-                }
-            }
             Act::Tanh => 1.0 - y * y,
             Act::Sigmoid => y * (1.0 - y),
+            _ => self.row_act().map_or(1.0, |r| r.deriv_from_output(y)),
         }
     }
 }
@@ -454,12 +442,10 @@ impl Tape {
         b: ParamId,
         act: Act,
     ) -> Result<(Var, Var)> {
-        let row_act = match act {
-            Act::Identity => Some(RowAct::Identity),
-            Act::Relu => Some(RowAct::Relu),
-            Act::LeakyRelu(a) if a >= 0.0 => Some(RowAct::LeakyRelu(a)),
-            _ => None,
-        };
+        // a negative leaky slope goes to bias_act, which reports it
+        let row_act = act
+            .row_act()
+            .filter(|_| !matches!(act, Act::LeakyRelu(a) if a.is_nan() || a < 0.0));
         let (in_rows, n) = {
             let node = self.check_var(x)?;
             (node.rows, node.cols)
@@ -812,12 +798,7 @@ impl Tape {
             return None;
         }
         match node.op {
-            Op::SparseLinearBiasAct { b, act, .. } => match act {
-                Act::Identity => Some((b, RowAct::Identity)),
-                Act::Relu => Some((b, RowAct::Relu)),
-                Act::LeakyRelu(a) => Some((b, RowAct::LeakyRelu(a))),
-                _ => None,
-            },
+            Op::SparseLinearBiasAct { b, act, .. } => act.row_act().map(|r| (b, r)),
             _ => None,
         }
     }

@@ -57,6 +57,46 @@ pub enum RowAct {
     LeakyRelu(f32),
 }
 
+impl RowAct {
+    /// The nonlinearity at `v`.
+    #[inline(always)]
+    pub fn apply(self, v: f32) -> f32 {
+        match self {
+            RowAct::Identity => v,
+            RowAct::Relu => v.max(0.0),
+            RowAct::LeakyRelu(a) => {
+                if v > 0.0 {
+                    v
+                } else {
+                    a * v
+                }
+            }
+        }
+    }
+
+    /// The derivative at the input whose output is `y`.
+    #[inline(always)]
+    pub fn deriv_from_output(self, y: f32) -> f32 {
+        match self {
+            RowAct::Identity => 1.0,
+            RowAct::Relu => {
+                if y > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            RowAct::LeakyRelu(a) => {
+                if y > 0.0 {
+                    1.0
+                } else {
+                    a
+                }
+            }
+        }
+    }
+}
+
 /// `C[M×N] = act(A·B + bias)`, `bias[i]` added along row `i`: [`spmm`] with the bias add
 /// and the nonlinearity applied as each output is written, so the output is written
 /// once and never read back (a sparse layer's forward pass in one kernel). The values
@@ -145,18 +185,7 @@ impl Epilogue for BiasAct<'_> {
     }
     #[inline(always)]
     unsafe fn apply1(&self, i: usize, _: usize, v: f32) -> f32 {
-        let v = v + *self.bias.get_unchecked(i);
-        match self.act {
-            RowAct::Identity => v,
-            RowAct::Relu => v.max(0.0),
-            RowAct::LeakyRelu(a) => {
-                if v > 0.0 {
-                    v
-                } else {
-                    a * v
-                }
-            }
-        }
+        self.act.apply(v + *self.bias.get_unchecked(i))
     }
 }
 
@@ -194,33 +223,11 @@ impl Epilogue for ActGrad {
     }
     #[inline(always)]
     unsafe fn apply1(&self, i: usize, j: usize, v: f32) -> f32 {
-        v * act_deriv(self.act, *self.y.add(i * self.n + j))
+        v * self.act.deriv_from_output(*self.y.add(i * self.n + j))
     }
     #[inline(always)]
     unsafe fn row_done(&self, i: usize, row: *const f32) {
         *self.sums.add(i) = super::row_sum(std::slice::from_raw_parts(row, self.n));
-    }
-}
-
-/// The derivative of `act` at the input whose output is `y`.
-#[inline(always)]
-fn act_deriv(act: RowAct, y: f32) -> f32 {
-    match act {
-        RowAct::Identity => 1.0,
-        RowAct::Relu => {
-            if y > 0.0 {
-                1.0
-            } else {
-                0.0
-            }
-        }
-        RowAct::LeakyRelu(a) => {
-            if y > 0.0 {
-                1.0
-            } else {
-                a
-            }
-        }
     }
 }
 
@@ -258,7 +265,7 @@ pub fn spmm_t_act_grad(
         spmm_t(c, pattern, values, b, n, 1.0, Accum::Replace, par)?;
         for (r, (row, sum)) in c.chunks_mut(n.max(1)).zip(row_sums.iter_mut()).enumerate() {
             for (v, &yv) in row.iter_mut().zip(&y[r * n..(r + 1) * n]) {
-                *v *= act_deriv(act, yv);
+                *v *= act.deriv_from_output(yv);
             }
             *sum = super::row_sum(row);
         }
