@@ -169,8 +169,9 @@ struct RunArgs {
     /// no progress bar
     #[arg(long)]
     no_progress: bool,
-    /// start from the weights (and sparse patterns) of this model file instead of a
-    /// random initialisation; optimizer state starts at zero
+    /// train only: start from the weights and storage (dense, or sparse with its
+    /// pattern) of this model file instead of a random initialisation; optimizer state
+    /// starts at zero
     #[arg(long)]
     init: Option<std::path::PathBuf>,
 }
@@ -754,6 +755,12 @@ fn run_compare(args: CompareArgs) -> rewire::Result<()> {
     std::fs::create_dir_all(&args.out).map_err(|e| rewire::Error::io(&args.out, e))?;
     for m in &args.methods {
         rewire::dst::MethodKind::parse(m)?; // fail before hours of training, not after
+    }
+    if args.run.init.is_some() {
+        return Err(rewire::Error::arg(
+            "init",
+            "compare starts every method from its own initialisation; --init is for train",
+        ));
     }
     let mut runs = vec![("dense".to_string(), 0.0)];
     for &s in &args.sparsities {
