@@ -20,6 +20,13 @@ const ROW_COST: usize = 2;
 /// Entries ahead whose row of `B` is prefetched: rows of `B` are read in random order,
 /// which the hardware prefetcher cannot follow.
 const PREFETCH_AHEAD: usize = 8;
+
+/// Most floats of that row prefetched per tile (two 64-byte lines): the tile loop is bound
+/// by load issue, and the adjacent-line hardware prefetcher fetches the rest of a 64-column
+/// tile. Measured against the full tile (four lines) on 2048² and 4096² at N = 128, two
+/// threads: median speedup 4.64 vs 4.48 (90%), 1.41 vs 1.16 (80%), 15.5 vs 15.0 (98%).
+const PREFETCH_FLOATS: usize = 32;
+
 /// Minimum multiply-adds worth a rayon task.
 const MIN_TASK_WORK: usize = 1 << 15;
 
@@ -518,7 +525,7 @@ unsafe fn tile<const W: usize, const U: usize, E: EntryValues>(
     while p + U <= end {
         if p + PREFETCH_AHEAD < end {
             let ahead = b.add(*cols.add(p + PREFETCH_AHEAD) as usize * n + j);
-            super::simd::prefetch_span(ahead, W * LANES);
+            super::simd::prefetch_span(ahead, (W * LANES).min(PREFETCH_FLOATS));
         }
         for (u, set) in acc.iter_mut().enumerate() {
             let brow = b.add(*cols.add(p + u) as usize * n + j);
