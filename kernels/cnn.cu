@@ -270,7 +270,9 @@ extern "C" __global__ void batch_norm_f32(u32 rows, u32 n, const float* __restri
 // Batch-norm backward for row r, from the gradient g at y and the forward's xhat and
 // inv_std: dgamma[r] = Σ g·xhat, dbeta[r] = Σ g (both overwritten) and
 // dx = gamma·inv_std·(g − (Σ g + xhat·Σ g·xhat)/n) with batch statistics (train ≠ 0), or
-// gamma·inv_std·g with running ones. g and dx must not overlap.
+// gamma·inv_std·g with running ones. g and dx must not overlap. The two sums are taken in
+// double, not in the CPU's f32 order (src/autograd/conv.rs), so they agree with the CPU
+// within rounding rather than bit for bit; the elementwise step is rounded as on the CPU.
 // One block of 256 threads per row: grid (rows), block (256).
 extern "C" __global__ void batch_norm_backward_f32(
     u32 rows, u32 n, const float* __restrict__ g, const float* __restrict__ xhat,

@@ -44,6 +44,20 @@ fn cuda_err(what: &str, e: impl std::fmt::Debug) -> Error {
     Error::Cuda(format!("{what}: {e:?}"))
 }
 
+/// The error of loading a compiled module: where the driver is older than the NVRTC that
+/// wrote the PTX, says so (rewire is built against CUDA 13).
+fn load_err(file: &str, e: cudarc::driver::DriverError) -> Error {
+    use cudarc::driver::sys::CUresult;
+    let hint = match e.0 {
+        CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION | CUresult::CUDA_ERROR_INVALID_PTX => {
+            "; the PTX comes from this machine's NVRTC, which may be newer than the driver: \
+             rewire needs a driver for CUDA 13 or later (see nvidia-smi)"
+        }
+        _ => "",
+    };
+    Error::Cuda(format!("loading {file}: {e:?}{hint}"))
+}
+
 /// Whether one of the names cudarc would load for `lib` can be opened.
 fn library_present(lib: &str) -> bool {
     cudarc::get_lib_name_candidates(lib)
@@ -222,10 +236,7 @@ impl CudaDevice {
                 Some(m) => m.clone(),
                 None => {
                     let ptx = compile(file, self.arch)?;
-                    let m = self
-                        .ctx
-                        .load_module(ptx)
-                        .map_err(|e| cuda_err(&format!("loading {file}"), e))?;
+                    let m = self.ctx.load_module(ptx).map_err(|e| load_err(file, e))?;
                     modules.insert(file, m.clone());
                     m
                 }
@@ -397,15 +408,7 @@ impl CudaDevice {
             "spmm_csr_f32_vec1"
         })?;
         const WARPS: u32 = 4;
-        if n.div_ceil(32 * vec) > 65_535 {
-            return Err(Error::arg(
-                "spmm",
-                format!(
-                    "N = {n} columns exceed the CUDA SpMM's grid (at most {} here)",
-                    65_535 * 32 * vec
-                ),
-            ));
-        }
+        grid_y_fits("spmm", n, 32 * vec)?;
         let cfg = LaunchConfig {
             grid_dim: (
                 (p.nrows as u32).div_ceil(WARPS),
@@ -501,6 +504,7 @@ impl CudaDevice {
         if a.block_rows == 0 || n == 0 {
             return Ok(());
         }
+        grid_y_fits("bsr_spmm", n, 128)?;
         let f = self.function(&format!("bsr_spmm_f32_b{bs}"))?;
         let cfg = LaunchConfig {
             grid_dim: (a.block_rows as u32, n.div_ceil(128) as u32, 1),
@@ -522,6 +526,24 @@ impl CudaDevice {
         unsafe { launch.launch(cfg) }.map_err(|e| cuda_err("launching bsr_spmm", e))?;
         Ok(())
     }
+}
+
+/// Most blocks along a launch grid's `y` (and `z`) dimension.
+const MAX_GRID_Y: usize = 65_535;
+
+/// Checks that `n` columns, `per_block` to a block along the grid's `y` dimension, fit
+/// that dimension: an error naming the kernel and the largest `n` it takes otherwise.
+fn grid_y_fits(kernel: &'static str, n: usize, per_block: usize) -> Result<()> {
+    if n.div_ceil(per_block) > MAX_GRID_Y {
+        return Err(Error::arg(
+            kernel,
+            format!(
+                "N = {n} columns exceed the CUDA kernel's grid (at most {} here)",
+                MAX_GRID_Y * per_block
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A CSR pattern's arrays on the device, with rows ordered by decreasing length.

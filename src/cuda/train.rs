@@ -254,6 +254,9 @@ pub(super) fn bias_act_backward(
     db: &mut CudaSlice<f32>,
 ) -> Result<()> {
     dev.zero(db)?;
+    if rows == 0 {
+        return Ok(());
+    }
     let (code, slope) = act_code(act);
     let (rows32, n32) = (rows as u32, n as u32);
     let f = dev.function("bias_act_backward_f32")?;
