@@ -560,6 +560,9 @@ impl GrowScores for TapeScores<'_> {
         dropped: &[bool],
         k: usize,
     ) -> Result<(Vec<(u32, u32)>, f64)> {
+        if k == 0 {
+            return Ok((Vec::new(), 0.0));
+        }
         let tape = self.tape;
         let &(x, z) = self
             .trace
@@ -575,13 +578,8 @@ impl GrowScores for TapeScores<'_> {
         // rows per block: about 4 MiB of dense gradient at a time
         let rb = ((1 << 20) / fan_in.max(1)).clamp(1, out.max(1));
         let mut block = vec![0.0f32; rb * fan_in];
-        let mut best: Vec<(f32, u32, u32)> = Vec::with_capacity(4 * k);
+        let mut best = TopK::new(k);
         let mut live_row = vec![false; fan_in];
-        let by_score = |a: &(f32, u32, u32), b: &(f32, u32, u32)| {
-            b.0.partial_cmp(&a.0)
-                .unwrap_or(std::cmp::Ordering::Equal)
-                .then((a.1, a.2).cmp(&(b.1, b.2)))
-        };
         let mut r0 = 0;
         while r0 < out {
             let r1 = (r0 + rb).min(out);
@@ -606,28 +604,82 @@ impl GrowScores for TapeScores<'_> {
                     live_row[pattern.col_idx()[p] as usize] = !dropped[p];
                 }
                 let grow_row = &g[(i - r0) * fan_in..(i - r0 + 1) * fan_in];
-                for (j, &gv) in grow_row.iter().enumerate() {
-                    if !live_row[j] {
-                        best.push((gv.abs(), i as u32, j as u32));
+                for (j, (&gv, &live)) in grow_row.iter().zip(&live_row).enumerate() {
+                    if !live {
+                        best.offer(gv.abs(), i as u32, j as u32);
                     }
                 }
                 for p in pattern.row_range(i) {
                     live_row[pattern.col_idx()[p] as usize] = false;
                 }
-                if best.len() > 3 * k.max(1) {
-                    best.select_nth_unstable_by(k, by_score);
-                    best.truncate(k);
-                }
             }
             r0 = r1;
         }
-        if best.len() > k {
-            best.select_nth_unstable_by(k, by_score);
-            best.truncate(k);
-        }
-        let mut grow: Vec<(u32, u32)> = best.into_iter().map(|(_, i, j)| (i, j)).collect();
-        grow.sort_unstable();
+        let grow = best.into_positions();
         Ok((grow, flops))
+    }
+}
+
+/// The `k` best of a stream of scored positions, offered in increasing position order:
+/// higher score first, at equal scores the lower position `(row, col)`. Memory stays
+/// within `3k` entries; once `k` are held, a score at or below the `k`-th best is
+/// turned away with one comparison (it cannot enter: the held ones are better or equal
+/// and came earlier), so a long stream costs about one comparison per position.
+pub(crate) struct TopK {
+    k: usize,
+    held: Vec<(f32, u32, u32)>,
+    /// the `k`-th best score once known, −∞ before
+    floor: f32,
+}
+
+impl TopK {
+    /// An empty selection of the `k` best.
+    pub(crate) fn new(k: usize) -> Self {
+        TopK {
+            k,
+            held: Vec::with_capacity(3 * k + 1),
+            floor: f32::NEG_INFINITY,
+        }
+    }
+
+    fn by_score(a: &(f32, u32, u32), b: &(f32, u32, u32)) -> std::cmp::Ordering {
+        b.0.partial_cmp(&a.0)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then((a.1, a.2).cmp(&(b.1, b.2)))
+    }
+
+    /// Keeps the `k` best of those held.
+    fn shrink(&mut self) {
+        if self.held.len() > self.k {
+            self.held.select_nth_unstable_by(self.k, Self::by_score);
+            self.held.truncate(self.k);
+        }
+    }
+
+    /// Offers position `(row, col)` with `score`; positions must come in increasing order.
+    #[inline]
+    pub(crate) fn offer(&mut self, score: f32, row: u32, col: u32) {
+        // a NaN score is never turned away (`<=` is false for it)
+        if self.k == 0 || score <= self.floor {
+            return;
+        }
+        self.held.push((score, row, col));
+        if self.held.len() > 3 * self.k {
+            self.shrink();
+            self.floor =
+                self.held
+                    .iter()
+                    .map(|e| e.0)
+                    .fold(f32::INFINITY, |a, b| if b < a { b } else { a });
+        }
+    }
+
+    /// The `k` best positions (fewer where fewer were offered), sorted.
+    pub(crate) fn into_positions(mut self) -> Vec<(u32, u32)> {
+        self.shrink();
+        let mut out: Vec<(u32, u32)> = self.held.into_iter().map(|(_, i, j)| (i, j)).collect();
+        out.sort_unstable();
+        out
     }
 }
 
@@ -670,4 +722,41 @@ fn set_edit(pattern: &CsrPattern, values: &[f32], zeta: f64, rng: &mut SeedRng) 
     let target = drop.len();
     let grow = random_free(pattern, target, rng);
     Edit { drop, grow }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TopK;
+    use rand::{RngExt, SeedableRng};
+
+    /// The streaming selection against a full sort, with many tied scores.
+    #[test]
+    fn top_k_matches_a_sort() {
+        let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(7);
+        for &(rows, cols, levels) in &[(1, 1, 1), (7, 13, 3), (40, 50, 5), (64, 300, 1000)] {
+            let scores: Vec<f32> = (0..rows * cols)
+                .map(|_| rng.random_range(0..levels) as f32 * 0.5)
+                .collect();
+            for k in [0, 1, 2, 5, 17, 100, rows * cols, rows * cols + 3] {
+                let mut top = TopK::new(k);
+                for (p, &sc) in scores.iter().enumerate() {
+                    top.offer(sc, (p / cols) as u32, (p % cols) as u32);
+                }
+                let mut all: Vec<(f32, u32, u32)> = scores
+                    .iter()
+                    .enumerate()
+                    .map(|(p, &sc)| (sc, (p / cols) as u32, (p % cols) as u32))
+                    .collect();
+                all.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
+                let mut want: Vec<(u32, u32)> =
+                    all.iter().take(k).map(|&(_, i, j)| (i, j)).collect();
+                want.sort_unstable();
+                assert_eq!(
+                    top.into_positions(),
+                    want,
+                    "{rows}×{cols}, {levels} levels, k = {k}"
+                );
+            }
+        }
+    }
 }
