@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 
 use rand::RngExt;
+use rayon::prelude::*;
 
 use crate::autograd::{Tape, Var};
 use crate::cpu::dense::{gemm_ex, Trans};
@@ -578,8 +579,12 @@ impl GrowScores for TapeScores<'_> {
         // rows per block: about 4 MiB of dense gradient at a time
         let rb = ((1 << 20) / fan_in.max(1)).clamp(1, out.max(1));
         let mut block = vec![0.0f32; rb * fan_in];
-        let mut best = TopK::new(k);
-        let mut live_row = vec![false; fan_in];
+        // the scan of each block is split over the threads by rows, each part with its
+        // own selection (fed in increasing position order), merged at the end
+        let parts = tape.par().threads().min(out).max(1);
+        let mut scans: Vec<(TopK, Vec<bool>)> = (0..parts)
+            .map(|_| (TopK::new(k), vec![false; fan_in]))
+            .collect();
         let mut r0 = 0;
         while r0 < out {
             let r1 = (r0 + rb).min(out);
@@ -599,23 +604,34 @@ impl GrowScores for TapeScores<'_> {
                 Accum::Replace,
                 tape.par(),
             )?;
-            for i in r0..r1 {
-                for p in pattern.row_range(i) {
-                    live_row[pattern.col_idx()[p] as usize] = !dropped[p];
-                }
-                let grow_row = &g[(i - r0) * fan_in..(i - r0 + 1) * fan_in];
-                for (j, (&gv, &live)) in grow_row.iter().zip(&live_row).enumerate() {
-                    if !live {
-                        best.offer(gv.abs(), i as u32, j as u32);
+            let g = &*g;
+            let scan = |t: usize, (best, live_row): &mut (TopK, Vec<bool>)| {
+                for i in (r0 + rows * t / parts)..(r0 + rows * (t + 1) / parts) {
+                    for p in pattern.row_range(i) {
+                        live_row[pattern.col_idx()[p] as usize] = !dropped[p];
+                    }
+                    let grow_row = &g[(i - r0) * fan_in..(i - r0 + 1) * fan_in];
+                    for (j, (&gv, &live)) in grow_row.iter().zip(live_row.iter()).enumerate() {
+                        if !live {
+                            best.offer(gv.abs(), i as u32, j as u32);
+                        }
+                    }
+                    for p in pattern.row_range(i) {
+                        live_row[pattern.col_idx()[p] as usize] = false;
                     }
                 }
-                for p in pattern.row_range(i) {
-                    live_row[pattern.col_idx()[p] as usize] = false;
-                }
+            };
+            if parts == 1 {
+                scan(0, &mut scans[0]);
+            } else {
+                scans
+                    .par_iter_mut()
+                    .enumerate()
+                    .for_each(|(t, part)| scan(t, part));
             }
             r0 = r1;
         }
-        let grow = best.into_positions();
+        let grow = TopK::merge(scans.into_iter().map(|(best, _)| best)).into_positions();
         Ok((grow, flops))
     }
 }
@@ -672,6 +688,20 @@ impl TopK {
                     .map(|e| e.0)
                     .fold(f32::INFINITY, |a, b| if b < a { b } else { a });
         }
+    }
+
+    /// The selection of the `k` best of everything offered to `parts` (selections of the
+    /// same `k`, each fed in increasing position order, in any order among them).
+    pub(crate) fn merge(parts: impl IntoIterator<Item = TopK>) -> TopK {
+        let mut parts = parts.into_iter();
+        let Some(mut all) = parts.next() else {
+            return TopK::new(0);
+        };
+        for part in parts {
+            all.held.extend(part.held);
+            all.shrink();
+        }
+        all
     }
 
     /// The `k` best positions (fewer where fewer were offered), sorted.
@@ -755,6 +785,17 @@ mod tests {
                     top.into_positions(),
                     want,
                     "{rows}×{cols}, {levels} levels, k = {k}"
+                );
+                // three selections over interleaved runs of rows, merged
+                let mut parts: Vec<TopK> = (0..3).map(|_| TopK::new(k)).collect();
+                for (p, &sc) in scores.iter().enumerate() {
+                    let row = p / cols;
+                    parts[(row / 4) % 3].offer(sc, row as u32, (p % cols) as u32);
+                }
+                assert_eq!(
+                    TopK::merge(parts).into_positions(),
+                    want,
+                    "merged: {rows}×{cols}, {levels} levels, k = {k}"
                 );
             }
         }
