@@ -1,0 +1,275 @@
+//! The `rewire` binary as a user meets it: bad arguments give an error that names the
+//! problem (never a panic), `bench --json` prints the documented keys with values that
+//! hang together, `train` is reproducible from its seed and logs what it printed, and
+//! `compare` writes its table, its data and its plots. Generated data only.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn rewire(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rewire"))
+        .args(args)
+        .output()
+        .expect("the rewire binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A fresh, empty folder under the target directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch folder");
+    dir
+}
+
+#[test]
+fn bad_arguments_are_errors_that_name_the_problem() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["train", "--dataset", "synthetic", "--model", "resnet50"],
+            "unknown model \"resnet50\"",
+        ),
+        (
+            &["train", "--dataset", "synthetic", "--model", "mlp:10,x"],
+            "model",
+        ),
+        (
+            &["train", "--dataset", "synthetic", "--sparsity", "1.5"],
+            "sparsity",
+        ),
+        (
+            &["train", "--dataset", "synthetic", "--method", "magic"],
+            "unknown method \"magic\"",
+        ),
+        (
+            &["train", "--dataset", "cifar", "--model", "mlp:10"],
+            "cifar",
+        ),
+        (
+            &[
+                "train",
+                "--dataset",
+                "mnist",
+                "--data-dir",
+                "/nonexistent/rewire-data",
+            ],
+            "/nonexistent/rewire-data",
+        ),
+        (
+            &[
+                "compare",
+                "--dataset",
+                "synthetic",
+                "--methods",
+                "rigl,bogus",
+            ],
+            "unknown method \"bogus\"",
+        ),
+        (
+            &["bench", "spmm", "--m", "64", "--sparsity", "2"],
+            "sparsity",
+        ),
+        (&["bench", "nope"], "nope"),
+    ];
+    for (args, needle) in cases {
+        let out = rewire(args);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            err.contains(needle),
+            "{args:?}: stderr does not name {needle:?}:\n{err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?} panicked:\n{err}");
+    }
+}
+
+#[test]
+fn bench_json_prints_the_documented_keys_and_consistent_figures() {
+    for kernel in ["spmm", "spmm-t", "sddmm", "bsr"] {
+        let out = rewire(&[
+            "bench",
+            kernel,
+            "--m",
+            "64",
+            "--k",
+            "48",
+            "--n",
+            "1,16",
+            "--sparsity",
+            "0.75",
+            "--block",
+            "4",
+            "--min-time-ms",
+            "2",
+            "--json",
+        ]);
+        let stdout = text(&out.stdout);
+        assert!(
+            out.status.success(),
+            "bench {kernel} failed:\n{}",
+            text(&out.stderr)
+        );
+        let rows: Vec<serde_json::Value> = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        assert_eq!(rows.len(), 2, "{kernel}, two values of N:\n{stdout}");
+        for r in &rows {
+            for key in [
+                "kernel",
+                "m",
+                "k",
+                "n",
+                "sparsity",
+                "nnz",
+                "sparse_ms",
+                "dense_ms",
+                "sparse_gflops",
+                "dense_gflops",
+                "speedup",
+            ] {
+                assert!(r.get(key).is_some(), "no {key:?} in {r}");
+            }
+            assert_eq!(r["kernel"].as_str(), Some(kernel), "{r}");
+            let f = |k: &str| {
+                r[k].as_f64()
+                    .unwrap_or_else(|| panic!("{k} is not a number: {r}"))
+            };
+            assert_eq!((f("m"), f("k")), (64.0, 48.0));
+            // a quarter of the 64·48 entries stored (of the 16·12 4×4 blocks for bsr)
+            assert_eq!(f("nnz"), 64.0 * 48.0 / 4.0, "{r}");
+            assert!(f("sparse_ms") > 0.0 && f("dense_ms") > 0.0, "{r}");
+            let speedup = f("dense_ms") / f("sparse_ms");
+            assert!((f("speedup") / speedup - 1.0).abs() < 1e-6, "{r}");
+            let sparse_gf = 2.0 * f("nnz") * f("n") / (f("sparse_ms") * 1e6);
+            assert!((f("sparse_gflops") / sparse_gf - 1.0).abs() < 1e-6, "{r}");
+            let dense_gf = 2.0 * 64.0 * 48.0 * f("n") / (f("dense_ms") * 1e6);
+            assert!((f("dense_gflops") / dense_gf - 1.0).abs() < 1e-6, "{r}");
+            // both kernels computed the same product
+            assert!(f("max_rel_diff") < 1e-4, "{r}");
+        }
+    }
+}
+
+fn train_args<'a>(log: &'a str, seed: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--dataset",
+        "synthetic",
+        "--model",
+        "mlp:32",
+        "--method",
+        "rigl",
+        "--sparsity",
+        "0.8",
+        "--delta-t",
+        "5",
+        "--epochs",
+        "2",
+        "--train-subset",
+        "1000",
+        "--threads",
+        "2",
+        "--no-progress",
+        "--seed",
+        seed,
+        "--log",
+        log,
+    ]
+}
+
+/// The JSON-lines log's reports, each without its wall time.
+fn reports(log: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .expect("the log was written")
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
+            let report = v["report"].as_object_mut().expect("a report object");
+            assert!(report.remove("epoch_s").is_some(), "no epoch_s in {l}");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn train_is_reproducible_from_its_seed_and_logs_every_epoch() {
+    let dir = scratch("cli-train");
+    let logs: Vec<PathBuf> = ["a", "b", "c"]
+        .iter()
+        .map(|n| dir.join(format!("{n}.jsonl")))
+        .collect();
+    for (log, seed) in logs.iter().zip(["7", "7", "8"]) {
+        let out = rewire(&train_args(log.to_str().expect("utf-8 path"), seed));
+        assert!(out.status.success(), "train failed:\n{}", text(&out.stderr));
+        // one printed line per epoch
+        let printed = text(&out.stdout) + &text(&out.stderr);
+        assert_eq!(
+            printed.lines().filter(|l| l.starts_with("epoch")).count(),
+            2,
+            "{printed}"
+        );
+    }
+    let (a, b, c) = (reports(&logs[0]), reports(&logs[1]), reports(&logs[2]));
+    assert_eq!(a.len(), 2);
+    assert_eq!(a, b, "the same seed gave different runs");
+    assert_ne!(a, c, "a different seed gave the same run");
+    for r in &a {
+        let rep = &r["report"];
+        // 80% sparse: a fifth of the weights live, kept exactly through the rewiring
+        assert_eq!(
+            rep["live_weights"].as_u64(),
+            Some(
+                (rep["dense_weights"].as_u64().expect("dense_weights") as f64 * 0.2).round() as u64
+            ),
+            "{r}"
+        );
+        assert!(rep["rewired"].as_u64().expect("rewired") > 0, "{r}");
+    }
+    // the generated data is learnable: well above the 10% of chance after two epochs
+    let acc = a[1]["report"]["test_acc"].as_f64().expect("test_acc");
+    assert!(acc > 0.6, "test accuracy {acc}");
+}
+
+#[test]
+fn compare_writes_its_table_data_and_plots() {
+    let dir = scratch("cli-compare");
+    let out = rewire(&[
+        "compare",
+        "--dataset",
+        "synthetic",
+        "--model",
+        "mlp:32",
+        "--methods",
+        "static,set",
+        "--sparsities",
+        "0.5,0.9",
+        "--epochs",
+        "1",
+        "--train-subset",
+        "500",
+        "--no-progress",
+        "--out",
+        dir.to_str().expect("utf-8 path"),
+    ]);
+    assert!(
+        out.status.success(),
+        "compare failed:\n{}",
+        text(&out.stderr)
+    );
+    let csv = std::fs::read_to_string(dir.join("compare.csv")).expect("compare.csv");
+    // a header and one row each for dense and the two methods at two sparsities
+    assert_eq!(csv.lines().count(), 1 + 1 + 2 * 2, "{csv}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("compare.json")).expect("json"))
+            .expect("compare.json parses");
+    let rows = json.as_array().expect("an array of runs");
+    assert_eq!(rows.len(), 5, "{json}");
+    for plot in ["accuracy_vs_sparsity.svg", "epoch_time_vs_sparsity.svg"] {
+        let svg = std::fs::read_to_string(dir.join(plot)).expect(plot);
+        assert!(svg.contains("<svg"), "{plot} is not an SVG");
+    }
+}
