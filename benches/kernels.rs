@@ -20,6 +20,7 @@ use criterion::{
 };
 use rand::RngExt;
 
+use rewire::bench::{BenchConfig, ConvBench, Kernel};
 use rewire::cpu::{self, dense::Trans};
 use rewire::sparse::{aligned_zeros, nnz_for_sparsity, seed_rng, AlignedVec, SeedRng};
 use rewire::{Accum, Bsr, BsrPattern, Csr, CsrPattern, Par};
@@ -310,11 +311,49 @@ fn bench_bsr_spmm(c: &mut Criterion) {
     group.finish();
 }
 
+/// A 3×3 convolution layer's forward and backward (64 → 64 channels, 28×28, batch 64),
+/// the weight sparse against the same weight dense (im2col + gemm): the shape `rewire
+/// bench conv` runs by default. Throughput counts the three products' multiply-adds.
+fn bench_conv(c: &mut Criterion) {
+    let par = Par::current();
+    let mut group = c.benchmark_group("conv");
+    configure(&mut group);
+    let cfg = BenchConfig {
+        kernel: Kernel::Conv,
+        m: 64,
+        k: 64,
+        n: 64,
+        sparsity: SPARSITY,
+        seed: SEED,
+        ..BenchConfig::default()
+    };
+    let mut conv = ConvBench::new(&cfg, par).expect("conv layer");
+    let param = format!("c64_28x28_b64_s{SPARSITY}");
+    let diff = conv.max_rel_diff().expect("conv passes");
+    assert!(
+        diff <= TOLERANCE,
+        "conv {param}: sparse and dense results differ (max rel diff {diff:e})"
+    );
+    let [m, k, n] = conv.shape();
+    let (sparse_madds, dense_madds) = (3 * conv.nnz() * n, 3 * m * k * n);
+    let conv = std::cell::RefCell::new(conv);
+    bench_pair(
+        &mut group,
+        &param,
+        sparse_madds,
+        dense_madds,
+        || conv.borrow_mut().run_sparse().expect("conv pass"),
+        || conv.borrow_mut().run_dense().expect("conv pass"),
+    );
+    group.finish();
+}
+
 criterion_group!(
     benches,
     bench_spmm,
     bench_spmm_t,
     bench_sddmm,
-    bench_bsr_spmm
+    bench_bsr_spmm,
+    bench_conv
 );
 criterion_main!(benches);

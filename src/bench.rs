@@ -455,92 +455,178 @@ pub(crate) fn result(
 
 /// One convolution layer (`cfg.m` output channels, `cfg.k` input channels, batch
 /// `cfg.n`, `image × image` inputs, `ksize × ksize` kernels with same padding), forward
-/// and backward through the tape exactly as training runs it: the weight sparse, against
-/// the same weights stored dense (im2col + gemm). Both passes' output, input gradient and
-/// weight gradient are compared.
-fn run_conv(cfg: &BenchConfig, par: Par) -> Result<BenchResult> {
-    use crate::autograd::{Conv2dGeom, Tape, Var};
-    use crate::nn::{Param, ParamId, ParamShape, ParamStore};
+/// and backward through the tape exactly as training runs it: the weight sparse
+/// ([`ConvBench::run_sparse`]) against the same weights stored dense, im2col + gemm
+/// ([`ConvBench::run_dense`]). What `rewire bench conv` and the criterion bench time.
+pub struct ConvBench {
+    geom: crate::autograd::Conv2dGeom,
+    batch: usize,
+    pattern: Arc<CsrPattern>,
+    x: AlignedVec,
+    dz: AlignedVec,
+    sparse: ConvSide,
+    dense: ConvSide,
+}
 
-    let geom = Conv2dGeom {
-        channels: cfg.k,
-        h: cfg.image,
-        w: cfg.image,
-        kh: cfg.ksize,
-        kw: cfg.ksize,
-        stride: 1,
-        pad: cfg.ksize / 2,
-    };
-    geom.validate()?;
-    if cfg.m == 0 || cfg.n == 0 {
-        return Err(Error::arg(
-            "conv",
-            "output channels and batch must be positive",
-        ));
+/// One side of a [`ConvBench`]: its tape and its weight.
+struct ConvSide {
+    tape: crate::autograd::Tape,
+    params: crate::nn::ParamStore,
+    w: crate::nn::ParamId,
+}
+
+impl ConvBench {
+    /// Builds both layers from `cfg` (`m`, `k`, `n`, `image`, `ksize`, `sparsity`,
+    /// `pattern`, `seed`) and runs each pass once.
+    pub fn new(cfg: &BenchConfig, par: Par) -> Result<Self> {
+        use crate::autograd::{Conv2dGeom, Tape};
+        use crate::nn::{Param, ParamShape, ParamStore};
+
+        let geom = Conv2dGeom {
+            channels: cfg.k,
+            h: cfg.image,
+            w: cfg.image,
+            kh: cfg.ksize,
+            kw: cfg.ksize,
+            stride: 1,
+            pad: cfg.ksize / 2,
+        };
+        geom.validate()?;
+        if cfg.m == 0 || cfg.n == 0 {
+            return Err(Error::arg(
+                "conv",
+                "output channels and batch must be positive",
+            ));
+        }
+        let mut rng = seed_rng(cfg.seed);
+        let (m, k) = (cfg.m, geom.patch_len());
+        let n = geom.out_h() * geom.out_w() * cfg.n;
+        let pattern = Arc::new(csr_pattern(
+            &BenchConfig {
+                m,
+                k,
+                ..cfg.clone()
+            },
+            &mut rng,
+        )?);
+        let values = random_values(pattern.nnz(), &mut rng);
+        let dense = crate::sparse::Csr::new(pattern.clone(), &values)?.to_dense();
+        let mut sparse_params = ParamStore::new();
+        let ws = sparse_params.add(Param::new(
+            "w",
+            ParamShape::Sparse {
+                pattern: pattern.clone(),
+            },
+            values,
+            true,
+        )?);
+        let mut dense_params = ParamStore::new();
+        let wd = dense_params.add(Param::new(
+            "w",
+            ParamShape::Dense { rows: m, cols: k },
+            crate::sparse::aligned_from_slice(&dense),
+            true,
+        )?);
+        let x = random_values(geom.channels * geom.h * geom.w * cfg.n, &mut rng);
+        let dz = random_values(m * n, &mut rng);
+        let mut bench = ConvBench {
+            geom,
+            batch: cfg.n,
+            pattern,
+            x,
+            dz,
+            sparse: ConvSide {
+                tape: Tape::new(par),
+                params: sparse_params,
+                w: ws,
+            },
+            dense: ConvSide {
+                tape: Tape::new(par),
+                params: dense_params,
+                w: wd,
+            },
+        };
+        bench.run_sparse()?;
+        bench.run_dense()?;
+        Ok(bench)
     }
-    let mut rng = seed_rng(cfg.seed);
-    let (m, k) = (cfg.m, geom.patch_len());
-    let n = geom.out_h() * geom.out_w() * cfg.n;
-    let pattern = Arc::new(csr_pattern(
-        &BenchConfig {
-            m,
-            k,
-            ..cfg.clone()
-        },
-        &mut rng,
-    )?);
-    let values = random_values(pattern.nnz(), &mut rng);
-    let dense = crate::sparse::Csr::new(pattern.clone(), &values)?.to_dense();
-    let nnz = pattern.nnz();
-    let mut sparse_params = ParamStore::new();
-    let ws = sparse_params.add(Param::new(
-        "w",
-        ParamShape::Sparse {
-            pattern: pattern.clone(),
-        },
-        values,
-        true,
-    )?);
-    let mut dense_params = ParamStore::new();
-    let wd = dense_params.add(Param::new(
-        "w",
-        ParamShape::Dense { rows: m, cols: k },
-        crate::sparse::aligned_from_slice(&dense),
-        true,
-    )?);
-    let in_rows = geom.channels * geom.h * geom.w;
-    let x = random_values(in_rows * cfg.n, &mut rng);
-    let dz = random_values(m * n, &mut rng);
-    let pass = |tape: &mut Tape, params: &mut ParamStore, w: ParamId| -> Result<(Var, Var)> {
+
+    /// `[M, K, N]` of the layer's product: output channels, in·kh·kw, batch·OH·OW.
+    pub fn shape(&self) -> [usize; 3] {
+        [
+            self.pattern.nrows(),
+            self.pattern.ncols(),
+            self.geom.out_h() * self.geom.out_w() * self.batch,
+        ]
+    }
+
+    /// Live weights of the sparse layer.
+    pub fn nnz(&self) -> usize {
+        self.pattern.nnz()
+    }
+
+    /// One forward and backward pass of `side`: its input and output variables.
+    fn pass(
+        side: &mut ConvSide,
+        geom: crate::autograd::Conv2dGeom,
+        x: &[f32],
+        dz: &[f32],
+        batch: usize,
+    ) -> Result<(crate::autograd::Var, crate::autograd::Var)> {
+        let tape = &mut side.tape;
         tape.reset();
-        let xv = tape.input(&x, in_rows, cfg.n, true)?;
+        let xv = tape.input(x, geom.channels * geom.h * geom.w, batch, true)?;
         let col = tape.im2col(xv, geom)?;
-        let z = tape.linear(params, col, w)?;
-        params.zero_grad();
-        tape.backward_from(z, &dz, params)?;
+        let z = tape.linear(&side.params, col, side.w)?;
+        side.params.zero_grad();
+        tape.backward_from(z, dz, &mut side.params)?;
         Ok((xv, z))
-    };
-    let (mut tape_s, mut tape_d) = (Tape::new(par), Tape::new(par));
-    pass(&mut tape_s, &mut sparse_params, ws)?;
-    pass(&mut tape_d, &mut dense_params, wd)?;
+    }
+
+    /// Forward and backward with the weight sparse.
+    pub fn run_sparse(&mut self) -> Result<()> {
+        Self::pass(&mut self.sparse, self.geom, &self.x, &self.dz, self.batch).map(|_| ())
+    }
+
+    /// Forward and backward with the weight dense.
+    pub fn run_dense(&mut self) -> Result<()> {
+        Self::pass(&mut self.dense, self.geom, &self.x, &self.dz, self.batch).map(|_| ())
+    }
+
+    /// Runs both and returns the largest relative difference of their outputs, input
+    /// gradients and weight gradients (the dense one sampled at the live positions).
+    pub fn max_rel_diff(&mut self) -> Result<f64> {
+        use crate::autograd::{Tape, Var};
+        let (xs, zs) = Self::pass(&mut self.sparse, self.geom, &self.x, &self.dz, self.batch)?;
+        let (xd, zd) = Self::pass(&mut self.dense, self.geom, &self.x, &self.dz, self.batch)?;
+        let grad = |t: &Tape, v: Var| t.grad(v).map(<[f32]>::to_vec).unwrap_or_default();
+        let (s, d) = (&self.sparse, &self.dense);
+        let dw_sampled = sample(&self.pattern, &d.params.get(d.w).grad);
+        Ok(max_rel_diff(s.tape.value(zs), d.tape.value(zd))
+            .max(max_rel_diff(&grad(&s.tape, xs), &grad(&d.tape, xd)))
+            .max(max_rel_diff(&s.params.get(s.w).grad, &dw_sampled)))
+    }
+}
+
+/// Times a [`ConvBench`] built from `cfg`.
+fn run_conv(cfg: &BenchConfig, par: Par) -> Result<BenchResult> {
+    let mut bench = ConvBench::new(cfg, par)?;
+    let cell = std::cell::RefCell::new(&mut bench);
     let times = time_pair(
         cfg.min_time,
-        || {
-            pass(&mut tape_s, &mut sparse_params, ws).expect("checked above");
-        },
-        || {
-            pass(&mut tape_d, &mut dense_params, wd).expect("checked above");
-        },
+        || cell.borrow_mut().run_sparse().expect("ran once above"),
+        || cell.borrow_mut().run_dense().expect("ran once above"),
     );
-    let (xs, zs) = pass(&mut tape_s, &mut sparse_params, ws)?;
-    let (xd, zd) = pass(&mut tape_d, &mut dense_params, wd)?;
-    let grad = |t: &Tape, v: Var| t.grad(v).map(<[f32]>::to_vec).unwrap_or_default();
-    let dw_dense = &dense_params.get(wd).grad;
-    let dw_sampled = sample(&pattern, dw_dense);
-    let diff = max_rel_diff(tape_s.value(zs), tape_d.value(zd))
-        .max(max_rel_diff(&grad(&tape_s, xs), &grad(&tape_d, xd)))
-        .max(max_rel_diff(&sparse_params.get(ws).grad, &dw_sampled));
-    Ok(result(cfg, [m, k, n], nnz, None, times, 3.0, diff))
+    let diff = bench.max_rel_diff()?;
+    Ok(result(
+        cfg,
+        bench.shape(),
+        bench.nnz(),
+        None,
+        times,
+        3.0,
+        diff,
+    ))
 }
 
 pub(crate) enum SparseOp {

@@ -197,13 +197,14 @@ enum PatternArg {
 struct BenchArgs {
     /// kernel to measure
     kernel: KernelArg,
-    /// rows of the sparse matrix A (list allowed)
+    /// rows of the sparse matrix A, output channels for conv (list allowed; default 2048,
+    /// 64 for conv)
     #[arg(long, value_delimiter = ',')]
     m: Vec<usize>,
-    /// columns of A (list allowed; defaults to M)
+    /// columns of A, input channels for conv (list allowed; defaults to M)
     #[arg(long, value_delimiter = ',')]
     k: Vec<usize>,
-    /// dense dimension, the batch (list allowed)
+    /// dense dimension, the batch (list allowed; default 128, 64 for conv)
     #[arg(long, value_delimiter = ',')]
     n: Vec<usize>,
     /// fraction of entries (of blocks, for bsr) not stored, in [0, 1] (list allowed)
@@ -275,6 +276,17 @@ fn run_bench(args: BenchArgs) -> rewire::Result<()> {
         seed: args.seed,
         min_time: Duration::from_millis(args.min_time_ms),
         ..BenchConfig::default()
+    };
+    // a convolution's own default shape: 64 → 64 channels, batch 64 (the GEMM shape's
+    // 2048 channels and batch 128 would be a 7 GB im2col)
+    let base = match base.kernel {
+        Kernel::Conv => BenchConfig {
+            m: 64,
+            k: 64,
+            n: 64,
+            ..base
+        },
+        _ => base,
     };
     let configs = if args.m.is_empty()
         && args.k.is_empty()

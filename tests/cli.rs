@@ -154,6 +154,34 @@ fn bench_json_prints_the_documented_keys_and_consistent_figures() {
     }
 }
 
+#[test]
+fn bench_conv_defaults_to_a_conv_layer_shape() {
+    // only the sparsity given: the layer is 64 → 64 channels, 3×3, 28×28, batch 64
+    let out = rewire(&[
+        "bench",
+        "conv",
+        "--sparsity",
+        "0.9",
+        "--min-time-ms",
+        "1",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "bench conv failed:\n{}",
+        text(&out.stderr)
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(text(&out.stdout).trim()).expect("one JSON line");
+    assert_eq!(r["m"].as_u64(), Some(64), "{r}");
+    assert_eq!(r["k"].as_u64(), Some(64 * 9), "{r}");
+    assert_eq!(r["n"].as_u64(), Some(64 * 28 * 28), "{r}");
+    assert!(
+        r["max_rel_diff"].as_f64().expect("max_rel_diff") < 1e-4,
+        "{r}"
+    );
+}
+
 fn train_args<'a>(log: &'a str, seed: &'a str) -> Vec<&'a str> {
     vec![
         "train",
