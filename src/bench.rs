@@ -236,11 +236,62 @@ pub(crate) fn max_rel_diff(a: &[f32], b: &[f32]) -> f64 {
     diff / scale
 }
 
+/// Bytes of host memory one configuration needs, roughly: the dense baseline's matrix,
+/// the dense operands and both outputs (for `conv`, both layers' im2col matrices,
+/// outputs and gradients).
+pub fn host_bytes(cfg: &BenchConfig) -> u64 {
+    let (m, k, n) = (cfg.m as u64, cfg.k as u64, cfg.n as u64);
+    let floats = match cfg.kernel {
+        Kernel::Conv => {
+            let patch = k * (cfg.ksize * cfg.ksize) as u64;
+            let cols = n * (cfg.image * cfg.image) as u64;
+            // per layer: im2col and its gradient, output and its gradient, the input
+            // and its gradient; plus the two weights
+            2 * (2 * patch * cols + 2 * m * cols + 2 * k * cols) + 2 * m * patch
+        }
+        // dense A, B, L and both outputs, the sparse values and indices (and the
+        // transposed pattern's permutation)
+        _ => m * k + 4 * m.max(k) * n + (3.0 * (1.0 - cfg.sparsity) * (m * k) as f64) as u64,
+    };
+    floats.saturating_mul(4)
+}
+
+/// Bytes of memory available to a new allocation, where the system says
+/// (`MemAvailable` of `/proc/meminfo`).
+fn available_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// An error where `cfg` would need more memory than the machine has available, rather
+/// than an abort part way through allocating it.
+pub fn check_memory(cfg: &BenchConfig) -> Result<()> {
+    let need = host_bytes(cfg);
+    match available_bytes() {
+        Some(have) if need > have => Err(Error::arg(
+            "bench",
+            format!(
+                "{} at M={} K={} N={} needs about {:.1} GB of memory (the dense baseline included); {:.1} GB is available",
+                cfg.kernel.name(),
+                cfg.m,
+                cfg.k,
+                cfg.n,
+                need as f64 / 1e9,
+                have as f64 / 1e9
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Runs one configuration on a pool of `cfg.threads` threads.
 pub fn run(cfg: &BenchConfig) -> Result<BenchResult> {
     if cfg.threads == 0 {
         return Err(Error::arg("threads", "must be at least 1"));
     }
+    check_memory(cfg)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(cfg.threads)
         .build()

@@ -73,6 +73,11 @@ fn bad_arguments_are_errors_that_name_the_problem() {
             "sparsity",
         ),
         (&["bench", "nope"], "nope"),
+        // a dense baseline of 4·10¹² bytes: refused before anything is allocated
+        (
+            &["bench", "spmm", "--m", "1000000", "--n", "8"],
+            "GB of memory",
+        ),
     ];
     for (args, needle) in cases {
         let out = rewire(args);
