@@ -328,7 +328,10 @@ fn bench_conv(c: &mut Criterion) {
         ..BenchConfig::default()
     };
     let mut conv = ConvBench::new(&cfg, par).expect("conv layer");
-    let param = format!("c64_28x28_b64_s{SPARSITY}");
+    let param = format!(
+        "c{}to{}_{}x{}_b{}_s{}",
+        cfg.k, cfg.m, cfg.image, cfg.image, cfg.n, cfg.sparsity
+    );
     let diff = conv.max_rel_diff().expect("conv passes");
     assert!(
         diff <= TOLERANCE,

@@ -60,11 +60,12 @@ pub enum PatternKind {
 pub struct BenchConfig {
     /// kernel to measure
     pub kernel: Kernel,
-    /// rows of the sparse matrix A
+    /// rows of the sparse matrix A (conv: output channels)
     pub m: usize,
-    /// columns of A
+    /// columns of A (conv: input channels; A has `k·ksize²` columns)
     pub k: usize,
-    /// the dense dimension (batch)
+    /// the dense dimension, the batch (conv: images per batch; the product's N is
+    /// `n·image²`)
     pub n: usize,
     /// fraction of A's entries (blocks for BSR) that are not stored
     pub sparsity: f64,
@@ -256,34 +257,27 @@ pub fn host_bytes(cfg: &BenchConfig) -> u64 {
     floats.saturating_mul(4)
 }
 
-/// Bytes of memory available to a new allocation, where the system says
-/// (`MemAvailable` of `/proc/meminfo`).
-fn available_bytes() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 /// An error where `cfg` would need more memory than the machine has available, rather
 /// than an abort part way through allocating it.
 pub fn check_memory(cfg: &BenchConfig) -> Result<()> {
-    let need = host_bytes(cfg);
-    match available_bytes() {
-        Some(have) if need > have => Err(Error::arg(
-            "bench",
-            format!(
-                "{} at M={} K={} N={} needs about {:.1} GB of memory (the dense baseline included); {:.1} GB is available",
-                cfg.kernel.name(),
-                cfg.m,
-                cfg.k,
-                cfg.n,
-                need as f64 / 1e9,
-                have as f64 / 1e9
-            ),
-        )),
-        _ => Ok(()),
-    }
+    let what = match cfg.kernel {
+        Kernel::Conv => format!(
+            "conv {} → {} channels, {k}×{k}, {i}×{i}, batch {} (the dense layer included)",
+            cfg.k,
+            cfg.m,
+            cfg.n,
+            k = cfg.ksize,
+            i = cfg.image
+        ),
+        _ => format!(
+            "{} at M={} K={} N={} (the dense baseline included)",
+            cfg.kernel.name(),
+            cfg.m,
+            cfg.k,
+            cfg.n
+        ),
+    };
+    crate::error::check_memory("m/k/n", what, host_bytes(cfg))
 }
 
 /// Runs one configuration on a pool of `cfg.threads` threads.

@@ -133,3 +133,41 @@ pub(crate) fn check_dims(what: &'static str, rows: usize, cols: usize, got: usiz
         }),
     }
 }
+
+/// Bytes of memory available to new allocations, where the system says: `MemAvailable`
+/// of `/proc/meminfo`, lowered to the room left under this process's cgroup limit
+/// (v2 `memory.max`, v1 `memory.limit_in_bytes`) where one is set; `None` elsewhere.
+pub fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    let system = kb.saturating_mul(1024);
+    let read = |p: &str| -> Option<u64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
+    let cgroup = [
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        (
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+        ),
+    ]
+    .iter()
+    .find_map(|(limit, used)| Some(read(limit)?.saturating_sub(read(used).unwrap_or(0))));
+    Some(cgroup.map_or(system, |c| c.min(system)))
+}
+
+/// An [`Error::InvalidArgument`] for `name` where `what` would need `need` bytes and the
+/// machine has fewer available: an error before the allocation rather than an abort
+/// part way through it. Passes where the available memory is unknown.
+pub(crate) fn check_memory(name: &'static str, what: impl fmt::Display, need: u64) -> Result<()> {
+    match available_memory() {
+        Some(have) if need > have => Err(Error::arg(
+            name,
+            format!(
+                "{what} needs about {:.1} GB of memory; {:.1} GB is available",
+                need as f64 / 1e9,
+                have as f64 / 1e9
+            ),
+        )),
+        _ => Ok(()),
+    }
+}

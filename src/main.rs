@@ -771,12 +771,9 @@ fn run_train(args: TrainArgs) -> rewire::Result<()> {
 
 fn run_compare(args: CompareArgs) -> rewire::Result<()> {
     use rewire::train::compare;
-    let (pool, threads) = thread_pool(&args.run)?;
-    let device = open_device(&args.run.device)?;
-    let data = load_data(&args.run)?;
-    std::fs::create_dir_all(&args.out).map_err(|e| rewire::Error::io(&args.out, e))?;
+    // fail on the arguments before loading data or writing anything, not hours later
     for m in &args.methods {
-        rewire::dst::MethodKind::parse(m)?; // fail before hours of training, not after
+        rewire::dst::MethodKind::parse(m)?;
     }
     if args.run.init.is_some() {
         return Err(rewire::Error::arg(
@@ -784,6 +781,10 @@ fn run_compare(args: CompareArgs) -> rewire::Result<()> {
             "compare starts every method from its own initialisation; --init is for train",
         ));
     }
+    let (pool, threads) = thread_pool(&args.run)?;
+    let device = open_device(&args.run.device)?;
+    let data = load_data(&args.run)?;
+    std::fs::create_dir_all(&args.out).map_err(|e| rewire::Error::io(&args.out, e))?;
     let mut runs = vec![("dense".to_string(), 0.0)];
     for &s in &args.sparsities {
         for m in &args.methods {

@@ -449,3 +449,45 @@ fn dsr_keeps_the_total_and_moves_weights_between_layers() {
     }
     assert!(moved, "DSR never reallocated between layers");
 }
+
+/// RigL's grow scan splits each block of the dense gradient over the threads, one
+/// selection per thread, merged: with three threads over a layer taller than one block
+/// (300 rows of 4096 inputs, blocks of 256 rows) it makes the choice the single-thread
+/// scan makes.
+#[test]
+fn rigl_threaded_scan_chooses_as_the_sequential_one() {
+    let data = Dataset::synthetic(64, 4096, 10, 4);
+    let run = |par: Par| {
+        let mut m = Mlp::new(MlpConfig {
+            sparsity: 0.95,
+            seed: 2,
+            ..MlpConfig::new(4096, &[300], 10)
+        })
+        .unwrap();
+        let mut opt = sgd(&m);
+        let cfg = RewireConfig {
+            delta_t: 1,
+            drop_fraction: 0.3,
+            end_fraction: 1.0,
+            ..RewireConfig::defaults(MethodKind::RigL)
+        };
+        let mut rw = Rewirer::new(cfg, 100).unwrap();
+        let mut tape = Tape::new(par);
+        step(&mut m, &mut rw, &mut tape, &data, 1);
+        let before = patterns(&m);
+        rw.update(1, &mut m, &mut opt, &tape).unwrap();
+        let after = patterns(&m);
+        assert_ne!(
+            before[0], after[0],
+            "{par:?}: the first layer was not rewired"
+        );
+        after
+    };
+    let seq = run(Par::Seq);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    let threaded = pool.install(|| run(Par::Rayon(3)));
+    assert_eq!(seq, threaded);
+}

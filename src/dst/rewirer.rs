@@ -698,6 +698,7 @@ impl TopK {
             return TopK::new(0);
         };
         for part in parts {
+            debug_assert_eq!(part.k, all.k, "merged selections keep the same k");
             all.held.extend(part.held);
             all.shrink();
         }

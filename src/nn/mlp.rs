@@ -4,7 +4,7 @@
 use crate::autograd::{Act, Tape, Var};
 use crate::error::{Error, Result};
 use crate::nn::distribution::{layer_densities, layer_nnz, Distribution, LayerShape};
-use crate::nn::model::{new_vector, new_weight, Model, WeightLayer};
+use crate::nn::model::{check_weights_fit, new_vector, new_weight, Model, WeightLayer};
 use crate::nn::{ParamId, ParamStore};
 use crate::sparse::{seed_rng, SeedRng};
 
@@ -158,6 +158,11 @@ impl Mlp {
         let shapes = config.layer_shapes();
         let densities = layer_densities(config.distribution, &shapes, config.sparsity)?;
         let nnz = layer_nnz(&densities, &shapes);
+        check_weights_fit(
+            shapes.iter().map(|s| (s.fan_out, s.fan_in * s.kh * s.kw)),
+            &nnz,
+            config.sparse_storage,
+        )?;
         let mut rng = seed_rng(config.seed);
         let mut params = ParamStore::new();
         let mut layers = Vec::new();

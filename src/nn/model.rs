@@ -119,6 +119,35 @@ pub trait Model: Send {
 /// A weight `[rows × cols]` with `live` stored entries: dense when `live` covers it and
 /// `sparse_storage` is off, else a random pattern with exactly `live` entries; values
 /// uniform in `±gain·√(3 / live fan-in)` (He/Glorot-style for the live connections).
+/// An error where weight layers of `shapes` (`(rows, cols)`) with `live` weights each
+/// would not fit the memory available, counting per weight its value, its gradient, two
+/// optimizer states and, for a sparse layer, its column index and the transposed
+/// pattern's index and permutation: checked before a model is built.
+pub(crate) fn check_weights_fit(
+    shapes: impl IntoIterator<Item = (usize, usize)>,
+    live: &[usize],
+    sparse_storage: bool,
+) -> Result<()> {
+    let (mut bytes, mut dense) = (0u64, 0u64);
+    for ((rows, cols), &k) in shapes.into_iter().zip(live) {
+        let size = (rows as u64).saturating_mul(cols as u64);
+        dense = dense.saturating_add(size);
+        bytes = bytes.saturating_add(if k as u64 >= size && !sparse_storage {
+            16 * size
+        } else {
+            28 * k as u64
+        });
+    }
+    crate::error::check_memory(
+        "model",
+        format_args!(
+            "a model of {dense} weight positions ({} live)",
+            live.iter().sum::<usize>()
+        ),
+        bytes,
+    )
+}
+
 pub(crate) fn new_weight(
     name: String,
     rows: usize,
