@@ -580,8 +580,11 @@ impl GrowScores for TapeScores<'_> {
         let rb = ((1 << 20) / fan_in.max(1)).clamp(1, out.max(1));
         let mut block = vec![0.0f32; rb * fan_in];
         // the scan of each block is split over the threads by rows, each part with its
-        // own selection (fed in increasing position order), merged at the end
+        // own selection (fed in increasing position order), absorbed into `best` after
+        // the block; each part starts the next block at `best`'s floor, so memory stays
+        // within `best`'s 3k entries and one block's candidates however many threads
         let parts = tape.par().threads().min(out).max(1);
+        let mut best = TopK::new(k);
         let mut scans: Vec<(TopK, Vec<bool>)> = (0..parts)
             .map(|_| (TopK::new(k), vec![false; fan_in]))
             .collect();
@@ -621,6 +624,9 @@ impl GrowScores for TapeScores<'_> {
                     }
                 }
             };
+            for (part, _) in scans.iter_mut() {
+                part.restart(best.floor);
+            }
             if parts == 1 {
                 scan(0, &mut scans[0]);
             } else {
@@ -629,9 +635,12 @@ impl GrowScores for TapeScores<'_> {
                     .enumerate()
                     .for_each(|(t, part)| scan(t, part));
             }
+            for (part, _) in scans.iter_mut() {
+                best.absorb(part);
+            }
             r0 = r1;
         }
-        let grow = TopK::merge(scans.into_iter().map(|(best, _)| best)).into_positions();
+        let grow = best.into_positions();
         Ok((grow, flops))
     }
 }
@@ -681,7 +690,14 @@ impl TopK {
         }
         self.held.push((score, row, col));
         if self.held.len() > 3 * self.k {
-            self.shrink();
+            self.shrink_to_floor();
+        }
+    }
+
+    /// Keeps the `k` best and raises the floor to the `k`-th.
+    fn shrink_to_floor(&mut self) {
+        self.shrink();
+        if self.k > 0 && self.held.len() == self.k {
             self.floor =
                 self.held
                     .iter()
@@ -690,17 +706,34 @@ impl TopK {
         }
     }
 
+    /// Empties the selection for a new run of positions, all after those offered to any
+    /// selection absorbed so far, turning away scores at or below `floor` (the floor of
+    /// the selection that absorbs this one: such a score cannot enter it).
+    pub(crate) fn restart(&mut self, floor: f32) {
+        self.held.clear();
+        self.floor = floor;
+    }
+
+    /// Takes in what `other` holds (a selection of the same `k`, fed in increasing
+    /// position order), leaving it empty: afterwards this holds the `k` best of both.
+    pub(crate) fn absorb(&mut self, other: &mut TopK) {
+        debug_assert_eq!(other.k, self.k, "absorbed selections keep the same k");
+        self.held.append(&mut other.held);
+        if self.held.len() > 3 * self.k {
+            self.shrink_to_floor();
+        }
+    }
+
     /// The selection of the `k` best of everything offered to `parts` (selections of the
     /// same `k`, each fed in increasing position order, in any order among them).
+    #[cfg(test)]
     pub(crate) fn merge(parts: impl IntoIterator<Item = TopK>) -> TopK {
         let mut parts = parts.into_iter();
         let Some(mut all) = parts.next() else {
             return TopK::new(0);
         };
-        for part in parts {
-            debug_assert_eq!(part.k, all.k, "merged selections keep the same k");
-            all.held.extend(part.held);
-            all.shrink();
+        for mut part in parts {
+            all.absorb(&mut part);
         }
         all
     }
