@@ -52,6 +52,19 @@ fn step(m: &mut Mlp, rw: &mut Rewirer, tape: &mut Tape, data: &Dataset, seed: u6
     tape.backward(loss, &mut m.params).unwrap();
 }
 
+/// A rewirer of `kind` that updates at every step of 100, dropping `drop_fraction`
+/// without decay.
+fn every_step(kind: MethodKind, drop_fraction: f64) -> Rewirer {
+    let cfg = RewireConfig {
+        delta_t: 1,
+        drop_fraction,
+        end_fraction: 1.0,
+        cosine: false,
+        ..RewireConfig::defaults(kind)
+    };
+    Rewirer::new(cfg, 100).unwrap()
+}
+
 fn patterns(m: &Mlp) -> Vec<CsrPattern> {
     m.layers
         .iter()
@@ -312,13 +325,7 @@ fn set_keeps_the_size_of_nearly_dense_layers() {
     let free = 640 - last.live();
     let before = m.live_weights();
     let mut opt = sgd(&m);
-    let cfg = RewireConfig {
-        delta_t: 1,
-        end_fraction: 1.0,
-        drop_fraction: 0.5,
-        ..RewireConfig::defaults(MethodKind::Set)
-    };
-    let mut rw = Rewirer::new(cfg, 100).unwrap();
+    let mut rw = every_step(MethodKind::Set, 0.5);
     let mut tape = Tape::new(Par::Seq);
     step(&mut m, &mut rw, &mut tape, &data, 1);
     let report = rw.update(1, &mut m, &mut opt, &tape).unwrap();
@@ -465,13 +472,7 @@ fn rigl_threaded_scan_chooses_as_the_sequential_one() {
         })
         .unwrap();
         let mut opt = sgd(&m);
-        let cfg = RewireConfig {
-            delta_t: 1,
-            drop_fraction: 0.3,
-            end_fraction: 1.0,
-            ..RewireConfig::defaults(MethodKind::RigL)
-        };
-        let mut rw = Rewirer::new(cfg, 100).unwrap();
+        let mut rw = every_step(MethodKind::RigL, 0.3);
         let mut tape = Tape::new(par);
         step(&mut m, &mut rw, &mut tape, &data, 1);
         let before = patterns(&m);
