@@ -492,16 +492,13 @@ fn model_spec(
         })
     } else {
         // the name first, so that a mistyped one is named as such before any shape talk
-        let named = |side| {
-            CnnConfig::named(name, [1, side, side], classes).map_err(|_| {
-                rewire::Error::arg(
-                    "model",
-                    format!("unknown model {name:?}: expected mlp:W1,W2,... (hidden widths), lenet5 or vgg-small"),
-                )
-            })
-        };
-        named(28)?;
         let side = (dim as f64).sqrt().round() as usize;
+        let cnn = CnnConfig::named(name, [1, side, side], classes).map_err(|_| {
+            rewire::Error::arg(
+                "model",
+                format!("unknown model {name:?}: expected mlp:W1,W2,... (hidden widths), lenet5 or vgg-small"),
+            )
+        })?;
         if side * side != dim {
             return Err(rewire::Error::arg(
                 "model",
@@ -515,7 +512,7 @@ fn model_spec(
             distribution: s.distribution,
             seed: s.seed,
             sparse_storage: s.sparse_storage,
-            ..named(side)?
+            ..cnn
         })
     })
 }
