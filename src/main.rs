@@ -25,7 +25,9 @@ enum Command {
     /// sparsity in {0.5, 0.8, 0.9, 0.95, 0.98, 0.99}). Flags that take lists (comma
     /// separated) run every combination.
     Bench(BenchArgs),
-    /// Train an MLP on MNIST / Fashion-MNIST (or generated data), dense or static sparse.
+    /// Train a model (an MLP, LeNet-5 or vgg-small) on MNIST / Fashion-MNIST (or generated
+    /// data), dense or sparse under a method (static, SET, RigL, DSR, GMP,
+    /// prune-then-finetune).
     ///
     /// After each epoch one line: loss, train and test accuracy, epoch time, live weights
     /// and training FLOPs; `--log FILE.jsonl` writes the same as JSON lines.
@@ -62,11 +64,11 @@ struct EvalArgs {
 struct TrainArgs {
     #[command(flatten)]
     run: RunArgs,
-    /// dense, static (a fixed random sparse pattern), set, rigl, gmp, prune-finetune
+    /// dense, static (a fixed random sparse pattern), set, rigl, dsr, gmp, prune-finetune
     #[arg(long, default_value = "static")]
     method: String,
     /// fraction of weights not stored (ignored by --method dense)
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
     sparsity: f64,
     /// write one JSON line per epoch to this file
     #[arg(long)]
@@ -86,7 +88,12 @@ struct CompareArgs {
     #[arg(long, value_delimiter = ',', default_value = "static,set,rigl")]
     methods: Vec<String>,
     /// sparsities to run each method at (comma separated)
-    #[arg(long, value_delimiter = ',', default_value = "0.9")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0.9",
+        allow_negative_numbers = true
+    )]
     sparsities: Vec<f64>,
     /// folder for compare.csv, compare.json, the plots and one JSON-lines log per run
     #[arg(long, default_value = "out/compare")]
@@ -116,22 +123,22 @@ struct RunArgs {
     #[arg(long, default_value_t = 100)]
     delta_t: usize,
     /// fraction of each layer's live weights rewired per update (α for rigl, ζ for set)
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value_t = 0.3, allow_negative_numbers = true)]
     drop_fraction: f64,
     /// last rewiring at this fraction of training (default: 0.75 for rigl, 1 for set)
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     t_end: Option<f64>,
     /// how sparsity is spread over layers: uniform, uniform-dense-first, er, erk
     #[arg(long, default_value = "uniform")]
     distribution: String,
     /// passes over the training set
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = at_least_one())]
     epochs: usize,
     /// samples per step
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
     /// base learning rate
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
     lr: f32,
     /// constant, cosine[:warmup_epochs], step:every:gamma
     #[arg(long, default_value = "cosine")]
@@ -140,19 +147,19 @@ struct RunArgs {
     #[arg(long, default_value = "sgd")]
     optimizer: String,
     /// SGD momentum
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
     momentum: f32,
     /// Nesterov momentum (SGD)
     #[arg(long)]
     nesterov: bool,
     /// weight decay (L2 for sgd/adam, decoupled for adamw)
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     weight_decay: f32,
     /// relu, leaky-relu[:slope], tanh, sigmoid
     #[arg(long, default_value = "relu")]
     activation: String,
     /// dropout after each hidden layer
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     dropout: f32,
     /// seed of the pattern, the initial weights, shuffling and dropout
     #[arg(long, default_value_t = 0)]
@@ -174,6 +181,11 @@ struct RunArgs {
     /// starts at zero
     #[arg(long)]
     init: Option<std::path::PathBuf>,
+}
+
+/// A count that must be at least 1.
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -530,6 +542,12 @@ fn build(
     use rewire::optim::OptimizerConfig;
     use rewire::train::{Schedule, TrainConfig};
 
+    if method != "dense" && !(0.0..1.0).contains(&sparsity) {
+        return Err(rewire::Error::arg(
+            "sparsity",
+            format!("must lie in [0, 1), got {sparsity}"),
+        ));
+    }
     let (sparsity, rewire_cfg) = if method == "dense" {
         (0.0, None)
     } else {
@@ -604,6 +622,7 @@ fn build(
         },
         rewire: rewire_cfg,
     };
+    cfg.validate()?;
     Ok((model, cfg))
 }
 
@@ -781,13 +800,17 @@ fn run_compare(args: CompareArgs) -> rewire::Result<()> {
     let (pool, threads) = thread_pool(&args.run)?;
     let device = open_device(&args.run.device)?;
     let data = load_data(&args.run)?;
-    std::fs::create_dir_all(&args.out).map_err(|e| rewire::Error::io(&args.out, e))?;
     let mut runs = vec![("dense".to_string(), 0.0)];
     for &s in &args.sparsities {
         for m in &args.methods {
             runs.push((m.clone(), s));
         }
     }
+    // every run's settings, before the first one trains
+    for (method, sparsity) in &runs {
+        build(&args.run, method, *sparsity, &data.0, threads)?;
+    }
+    std::fs::create_dir_all(&args.out).map_err(|e| rewire::Error::io(&args.out, e))?;
     let mut rows = Vec::new();
     for (k, (method, sparsity)) in runs.iter().enumerate() {
         println!(

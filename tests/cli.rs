@@ -91,6 +91,58 @@ fn fails_naming(cases: &[(&[&str], &str)]) {
     }
 }
 
+/// `compare` checks every run's settings before the first (dense) run trains: a bad
+/// sparsity or hyper-parameter is an error at once, with no run started and no output
+/// folder written; negative numbers reach the range checks instead of being taken for
+/// flags.
+#[test]
+fn compare_checks_every_run_before_training_any() {
+    let dir = scratch("compare-preflight");
+    let out_dir = dir.join("out");
+    let out_arg = out_dir.to_str().expect("utf-8 path");
+    let base = [
+        "compare",
+        "--dataset",
+        "synthetic",
+        "--model",
+        "mlp:16",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--out",
+        out_arg,
+    ];
+    let with = |extra: &[&'static str]| -> Vec<&str> {
+        base.iter().copied().chain(extra.iter().copied()).collect()
+    };
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (with(&["--sparsities", "0.9,1.5"]), "got 1.5"),
+        (with(&["--sparsities=-0.5"]), "got -0.5"),
+        (
+            with(&["--methods", "static,rigl", "--drop-fraction", "1.5"]),
+            "drop_fraction",
+        ),
+        (with(&["--methods", "gmp", "--t-end", "-1"]), "end_fraction"),
+        (with(&["--schedule", "step:0:0.5"]), "schedule"),
+        (with(&["--lr", "-1"]), "lr"),
+    ];
+    for (args, needle) in &cases {
+        let out = rewire(args);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: stderr does not name {needle:?}:\n{stderr}"
+        );
+        assert!(
+            !stdout.contains("== run"),
+            "{args:?} started a run before failing:\n{stdout}"
+        );
+        assert!(!out_dir.exists(), "{args:?} wrote {}", out_dir.display());
+    }
+    fails_naming(&[(&["train", "--epochs", "0"], "epochs")]);
+}
+
 /// Where the system reports its available memory (Linux), requests far beyond it are
 /// refused before anything is allocated.
 #[cfg(target_os = "linux")]

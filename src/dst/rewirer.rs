@@ -110,6 +110,41 @@ impl RewireConfig {
             },
         }
     }
+
+    /// Checks every setting's range: fractions in `[0, 1]` (the target sparsity in
+    /// `[0, 1)`), `delta_t` at least 1 for the methods that rewire. [`Rewirer::new`]
+    /// checks the same first; a caller planning several runs can check them all before
+    /// starting any.
+    pub fn validate(&self) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.drop_fraction) {
+            return Err(Error::arg(
+                "drop_fraction",
+                format!("must lie in [0, 1], got {}", self.drop_fraction),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.end_fraction) {
+            return Err(Error::arg(
+                "end_fraction",
+                format!("must lie in [0, 1], got {}", self.end_fraction),
+            ));
+        }
+        if self.kind != MethodKind::Static && self.delta_t == 0 {
+            return Err(Error::arg("delta_t", "must be at least 1"));
+        }
+        if !(0.0..1.0).contains(&self.target_sparsity) {
+            return Err(Error::arg(
+                "target_sparsity",
+                format!("must lie in [0, 1), got {}", self.target_sparsity),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.start_fraction) {
+            return Err(Error::arg(
+                "start_fraction",
+                format!("must lie in [0, 1], got {}", self.start_fraction),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Update steps and drop fraction over training.
@@ -170,27 +205,7 @@ pub struct Rewirer {
 impl Rewirer {
     /// A rewirer for a run of `total_steps` steps.
     pub fn new(config: RewireConfig, total_steps: usize) -> Result<Self> {
-        if !(0.0..=1.0).contains(&config.drop_fraction) {
-            return Err(Error::arg(
-                "drop_fraction",
-                format!("must lie in [0, 1], got {}", config.drop_fraction),
-            ));
-        }
-        if !(0.0..=1.0).contains(&config.end_fraction) {
-            return Err(Error::arg(
-                "end_fraction",
-                format!("must lie in [0, 1], got {}", config.end_fraction),
-            ));
-        }
-        if config.kind != MethodKind::Static && config.delta_t == 0 {
-            return Err(Error::arg("delta_t", "must be at least 1"));
-        }
-        if !(0.0..1.0).contains(&config.target_sparsity) {
-            return Err(Error::arg(
-                "target_sparsity",
-                format!("must lie in [0, 1), got {}", config.target_sparsity),
-            ));
-        }
+        config.validate()?;
         let at = |f: f64| (f * total_steps as f64).round() as usize;
         let (delta_t, t_start, t_end) = match config.kind {
             MethodKind::Static => (0, 0, 0),

@@ -107,6 +107,39 @@ pub struct TrainConfig {
     pub rewire: Option<RewireConfig>,
 }
 
+impl TrainConfig {
+    /// Checks the settings that depend on neither model nor data: batch size, learning
+    /// rate, optimizer and rewiring hyper-parameters. [`train`] checks them first; a
+    /// caller planning several runs can check them all before starting any.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            return Err(Error::arg("batch_size", "must be at least 1"));
+        }
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
+            return Err(Error::arg(
+                "lr",
+                format!("must be finite and >= 0, got {}", self.lr),
+            ));
+        }
+        if let Schedule::Step { every, gamma } = self.schedule {
+            if every == 0 || !(gamma.is_finite() && gamma >= 0.0) {
+                return Err(Error::arg(
+                    "schedule",
+                    format!(
+                        "step:EVERY:GAMMA needs EVERY >= 1 and a finite GAMMA >= 0, got \
+                         step:{every}:{gamma}"
+                    ),
+                ));
+            }
+        }
+        self.optimizer.validate()?;
+        if let Some(r) = &self.rewire {
+            r.validate()?;
+        }
+        Ok(())
+    }
+}
+
 /// What one epoch did.
 #[derive(Clone, Debug, Serialize)]
 pub struct EpochReport {
@@ -217,9 +250,7 @@ pub(crate) struct RunPlan {
 
 /// Checks a run's settings against the model and data and plans its steps.
 pub(crate) fn plan_run(model: &dyn Model, train: &Dataset, cfg: &TrainConfig) -> Result<RunPlan> {
-    if cfg.batch_size == 0 {
-        return Err(Error::arg("batch_size", "must be at least 1"));
-    }
+    cfg.validate()?;
     if train.dim != model.input_dim() {
         return Err(Error::shape(
             "train",
