@@ -666,8 +666,16 @@ fn run_one(
         })
         .collect::<Vec<_>>()
         .join(" ");
+    // dense-to-sparse methods start dense: name the sparsity they prune to
+    let target = cfg
+        .rewire
+        .as_ref()
+        .filter(|r| r.kind.is_dense_to_sparse())
+        .map_or(String::new(), |r| {
+            format!(", pruned to {:.4}", r.target_sparsity)
+        });
     println!(
-        "{} {}: {} · method {} · sparsity {:.4} ({}) · live weights {} of {} · {} train / {} test samples · {} thread(s)",
+        "{} {}: {} · method {} · sparsity {:.4} ({}{target}) · live weights {} of {} · {} train / {} test samples · {} thread(s)",
         run.dataset,
         run.model,
         layers,
