@@ -119,13 +119,14 @@ struct RunArgs {
     /// where to train: cpu, or cuda / cuda:N (MLPs and CNNs)
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// steps between rewiring updates (ΔT; set and rigl)
+    /// steps between rewiring updates (ΔT; set, rigl, dsr and gmp)
     #[arg(long, default_value_t = 100)]
     delta_t: usize,
     /// fraction of each layer's live weights rewired per update (α for rigl, ζ for set)
     #[arg(long, default_value_t = 0.3, allow_negative_numbers = true)]
     drop_fraction: f64,
-    /// last rewiring at this fraction of training (default: 0.75 for rigl, 1 for set)
+    /// last rewiring at this fraction of training (default 0.75; for gmp, where the target
+    /// sparsity is reached)
     #[arg(long, allow_negative_numbers = true)]
     t_end: Option<f64>,
     /// how sparsity is spread over layers: uniform, uniform-dense-first, er, erk

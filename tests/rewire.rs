@@ -341,7 +341,12 @@ fn set_keeps_the_size_of_nearly_dense_layers() {
     );
 }
 
-fn prune_run(kind: MethodKind) -> (Mlp, Vec<rewire::train::EpochReport>) {
+/// A 180-step run (30 per epoch) of a dense-to-sparse `kind` to 90% sparsity, ΔT = 10
+/// unless `adjust`, applied to the method's settings, says otherwise.
+fn prune_run(
+    kind: MethodKind,
+    adjust: impl FnOnce(&mut RewireConfig),
+) -> (Mlp, Vec<rewire::train::EpochReport>) {
     use rewire::train::{train, Schedule, TrainConfig};
     let (tr, te) = Dataset::synthetic(2000, 32, 10, 8).split(1500);
     let mut m = Mlp::new(MlpConfig {
@@ -365,10 +370,14 @@ fn prune_run(kind: MethodKind) -> (Mlp, Vec<rewire::train::EpochReport>) {
         max_steps: None,
         progress: false,
         par: Par::Seq,
-        rewire: Some(RewireConfig {
-            delta_t: 10,
-            target_sparsity: 0.9,
-            ..RewireConfig::defaults(kind)
+        rewire: Some({
+            let mut r = RewireConfig {
+                delta_t: 10,
+                target_sparsity: 0.9,
+                ..RewireConfig::defaults(kind)
+            };
+            adjust(&mut r);
+            r
         }),
     };
     let reports = train(&mut m, &tr, &te, &cfg, |_| Ok(())).unwrap();
@@ -377,7 +386,7 @@ fn prune_run(kind: MethodKind) -> (Mlp, Vec<rewire::train::EpochReport>) {
 
 #[test]
 fn gradual_magnitude_pruning_reaches_the_target_monotonically() {
-    let (m, reports) = prune_run(MethodKind::Gmp);
+    let (m, reports) = prune_run(MethodKind::Gmp, |_| ());
     let live: Vec<usize> = reports.iter().map(|r| r.live_weights).collect();
     assert!(
         live.windows(2).all(|w| w[1] <= w[0]),
@@ -401,7 +410,7 @@ fn gradual_magnitude_pruning_reaches_the_target_monotonically() {
 
 #[test]
 fn prune_then_finetune_prunes_once() {
-    let (m, reports) = prune_run(MethodKind::PruneFinetune);
+    let (m, reports) = prune_run(MethodKind::PruneFinetune, |_| ());
     let live: Vec<usize> = reports.iter().map(|r| r.live_weights).collect();
     let pruned_epochs = reports.iter().filter(|r| r.rewired > 0).count();
     assert_eq!(pruned_epochs, 1, "{live:?}");
@@ -412,6 +421,51 @@ fn prune_then_finetune_prunes_once() {
         "{} vs target {target}",
         live[5]
     );
+}
+
+/// Pruning scheduled to the very end (T_end = 1 with the run a multiple of ΔT, or the
+/// one prune-then-finetune step at 100%) still happens within the run and reaches the
+/// target; a schedule with no pruning step inside the run is an error, not a dense
+/// model reported under a sparse method.
+#[test]
+fn pruning_scheduled_at_the_end_still_reaches_the_target() {
+    for (kind, adjust) in [
+        // updates at 60 and 120 of 180: the schedule's end (step 180) never runs
+        (
+            MethodKind::Gmp,
+            (|c| {
+                c.end_fraction = 1.0;
+                c.delta_t = 60;
+            }) as fn(&mut RewireConfig),
+        ),
+        (MethodKind::PruneFinetune, |c| c.start_fraction = 1.0),
+    ] {
+        let (m, reports) = prune_run(kind, adjust);
+        let target = (0.1 * m.dense_weights() as f64).round() as usize;
+        let last = reports.last().unwrap().live_weights;
+        assert!(
+            last.abs_diff(target) <= m.layers.len(),
+            "{kind:?}: {last} live at the end vs target {target}"
+        );
+    }
+    let gmp = RewireConfig {
+        delta_t: 100,
+        target_sparsity: 0.9,
+        ..RewireConfig::defaults(MethodKind::Gmp)
+    };
+    // updates at multiples of 100 within [12, 91): none
+    let err = Rewirer::new(gmp.clone(), 120)
+        .err()
+        .expect("no pruning step");
+    assert!(err.to_string().contains("no such step"), "{err}");
+    assert!(Rewirer::new(gmp.clone(), 1000).is_ok());
+    let backwards = RewireConfig {
+        start_fraction: 0.8,
+        end_fraction: 0.5,
+        ..gmp
+    };
+    assert!(Rewirer::new(backwards.clone(), 1000).is_err());
+    assert!(backwards.validate().is_err());
 }
 
 #[test]

@@ -92,3 +92,38 @@ fn diverging_run_is_an_error() {
     let err = train(&mut m, &tr, &te, &cfg(3, 1e6), |_| Ok(())).unwrap_err();
     assert!(err.to_string().contains("loss became"), "{err}");
 }
+
+/// The methods other than RigL take the optimizer step at an update step and then
+/// rewire: SET with ζ = 0 (nothing to rewire) trains exactly as static sparse, and DSR on
+/// a model with no sparse layer (nothing to rewire, which once panicked) exactly as
+/// dense.
+#[test]
+fn update_steps_still_step_the_optimizer_for_set_and_dsr() {
+    use rewire::dst::{MethodKind, RewireConfig};
+    let (tr, te) = data();
+    for (kind, sparsity) in [(MethodKind::Set, 0.9), (MethodKind::Dsr, 0.0)] {
+        let mut plain = model(sparsity, 4);
+        let base = cfg(2, 0.05);
+        let a = train(&mut plain, &tr, &te, &base, |_| Ok(())).unwrap();
+        let mut rewired = model(sparsity, 4);
+        let with = TrainConfig {
+            rewire: Some(RewireConfig {
+                delta_t: 7,
+                drop_fraction: if kind == MethodKind::Set { 0.0 } else { 0.3 },
+                ..RewireConfig::defaults(kind)
+            }),
+            ..base
+        };
+        let b = train(&mut rewired, &tr, &te, &with, |_| Ok(())).unwrap();
+        assert_eq!(b.iter().map(|r| r.rewired).sum::<usize>(), 0, "{kind:?}");
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(
+                x.loss.to_bits(),
+                y.loss.to_bits(),
+                "{kind:?} epoch {}",
+                x.epoch
+            );
+            assert_eq!(x.test_acc, y.test_acc, "{kind:?} epoch {}", x.epoch);
+        }
+    }
+}

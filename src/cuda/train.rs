@@ -772,8 +772,11 @@ pub(super) fn run<N: DeviceNet>(
             gpu.backward(bi, model)?;
             lr = cfg.schedule.lr(cfg.lr, step, total, steps_per_epoch);
             match rewirer.as_mut() {
-                // an update step rewires instead of stepping, as on the CPU
+                // as on the CPU: RigL rewires instead of stepping, the others step first
                 Some(r) if update => {
+                    if !r.replaces_step() {
+                        optimizer_step(dev, gpu.params_mut(), &cfg.optimizer, lr, &mut adam_t)?;
+                    }
                     gpu.download(model, &mut opt)?;
                     let mut scores = DeviceScores {
                         dev,

@@ -38,7 +38,7 @@ pub enum MethodKind {
 }
 
 impl MethodKind {
-    /// Parses `static`, `set`, `rigl`, `gmp`, `prune-finetune`.
+    /// Parses `static`, `set`, `rigl`, `dsr`, `gmp`, `prune-finetune`.
     pub fn parse(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
             "static" => Ok(MethodKind::Static),
@@ -87,19 +87,20 @@ impl MethodKind {
 
 impl RewireConfig {
     /// The published defaults of a method: RigL ΔT = 100, α = 0.3 with cosine decay,
-    /// T_end = 75%; SET ζ = 0.3, constant, until the end.
+    /// T_end = 75%; SET ζ = 0.3, constant; DSR N_p = 0.3 of the live weights.
     ///
-    /// GMP prunes every ΔT steps from 10% to 75% of training; prune-then-finetune prunes
-    /// once at half of training.
+    /// SET and DSR stop rewiring at 75% of training as RigL does (the RigL reference
+    /// code gives every mask-update method one end step): rewiring to the last steps
+    /// would leave up to ζ of the weights freshly zero when the learning rate has
+    /// decayed, a handicap their papers avoid (SET's reference code skips the last
+    /// epoch's evolution). GMP prunes every ΔT steps from 10% to 75% of training;
+    /// prune-then-finetune prunes once at half of training.
     pub fn defaults(kind: MethodKind) -> Self {
         RewireConfig {
             kind,
             delta_t: 100,
             drop_fraction: 0.3,
-            end_fraction: match kind {
-                MethodKind::RigL | MethodKind::Gmp => 0.75,
-                _ => 1.0,
-            },
+            end_fraction: 0.75,
             cosine: kind == MethodKind::RigL,
             seed: 0,
             target_sparsity: 0.0,
@@ -141,6 +142,15 @@ impl RewireConfig {
             return Err(Error::arg(
                 "start_fraction",
                 format!("must lie in [0, 1], got {}", self.start_fraction),
+            ));
+        }
+        if self.kind == MethodKind::Gmp && self.start_fraction > self.end_fraction {
+            return Err(Error::arg(
+                "end_fraction",
+                format!(
+                    "gradual pruning must end after it starts: start {} > end {}",
+                    self.start_fraction, self.end_fraction
+                ),
             ));
         }
         Ok(())
@@ -209,16 +219,17 @@ impl Rewirer {
         let at = |f: f64| (f * total_steps as f64).round() as usize;
         let (delta_t, t_start, t_end) = match config.kind {
             MethodKind::Static => (0, 0, 0),
-            // one update, at the pruning step
+            // one update, at the pruning step (before the last step, so that it runs)
             MethodKind::PruneFinetune => {
-                let t = at(config.start_fraction).max(1);
+                let t = at(config.start_fraction).clamp(1, total_steps.saturating_sub(1).max(1));
                 (t, t, t + 1)
             }
-            // the last scheduled step at or before T_end reaches the target
+            // the last scheduled step at or before T_end reaches the target; steps run
+            // up to `total_steps - 1`, so no later one can be the last
             MethodKind::Gmp => (
                 config.delta_t,
                 at(config.start_fraction),
-                at(config.end_fraction) + 1,
+                (at(config.end_fraction) + 1).min(total_steps),
             ),
             _ => (config.delta_t, 0, at(config.end_fraction)),
         };
@@ -229,6 +240,21 @@ impl Rewirer {
             alpha: config.drop_fraction,
             cosine: config.cosine,
         };
+        if config.kind.is_dense_to_sparse() {
+            // a dense-to-sparse run that never prunes would end dense under a sparse label
+            let first = t_start.max(1).next_multiple_of(delta_t.max(1));
+            if first >= t_end.min(total_steps) {
+                return Err(Error::arg(
+                    "schedule",
+                    format!(
+                        "{:?} prunes every {delta_t} steps from step {t_start} to step {t_end}, \
+                         but no such step falls within the run's {total_steps} steps: lower \
+                         --delta-t or train longer",
+                        config.kind
+                    ),
+                ));
+            }
+        }
         let rng = seed_rng(config.seed ^ 0xd57);
         Ok(Rewirer {
             config,
@@ -252,6 +278,15 @@ impl Rewirer {
     /// Whether `step` rewires.
     pub fn is_update(&self, step: usize) -> bool {
         self.schedule.is_update(step)
+    }
+
+    /// Whether an update step rewires *instead of* taking the optimizer step. RigL's
+    /// does, as in its reference code: the step's gradients chose the new connections
+    /// and belong to the pattern being replaced. The other methods take the optimizer
+    /// step and then rewire, as their papers' training loops do (SET and DSR rewire
+    /// after training steps, gradual pruning masks after the weight update).
+    pub fn replaces_step(&self) -> bool {
+        self.config.kind == MethodKind::RigL
     }
 
     /// Whether the forward/backward of `step` must keep each layer's `X` and `dZ`.
@@ -334,12 +369,7 @@ impl Rewirer {
                 | MethodKind::Dsr
                 | MethodKind::Gmp
                 | MethodKind::PruneFinetune => continue,
-                MethodKind::Set => set_edit(
-                    &pattern,
-                    &param.value,
-                    self.config.drop_fraction,
-                    &mut self.rng,
-                ),
+                MethodKind::Set => set_edit(&pattern, &param.value, fraction, &mut self.rng),
                 MethodKind::RigL => {
                     let drop = smallest_magnitudes(&param.value, k);
                     let mut dropped = vec![false; pattern.nnz()];
@@ -374,6 +404,10 @@ impl Rewirer {
             })
             .collect();
         let total: usize = layers.iter().map(|(_, p)| p.nnz()).sum();
+        if total == 0 {
+            // no sparse layer (sparsity 0, or every layer dense by its distribution)
+            return Ok(UpdateReport::default());
+        }
         let np = ((self.config.drop_fraction * total as f64).round() as usize).max(1);
         let h = match self.threshold {
             Some(h) => h,

@@ -368,9 +368,13 @@ fn train_here(
             tape.backward(loss, model.params_mut())?;
             lr = cfg.schedule.lr(cfg.lr, step, total, steps_per_epoch);
             match rewirer.as_mut() {
-                // an update step rewires instead of stepping (as RigL's reference does):
-                // the gradients belong to the pattern being replaced
+                // RigL's update step rewires instead of stepping (as its reference does):
+                // the gradients belong to the pattern being replaced; the other methods
+                // step, then rewire
                 Some(r) if update => {
+                    if !r.replaces_step() {
+                        opt.step(model.params_mut(), lr)?;
+                    }
                     let rep = r.update(step, model, &mut opt, &tape)?;
                     rewired += rep.rewired;
                     flops += rep.flops;
