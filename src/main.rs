@@ -6,6 +6,15 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use rewire::bench::{self, BenchConfig, Kernel, PatternKind};
 
+/// `println!` that never panics: when stdout is closed (a pipe into `head`, say) the
+/// line is dropped and the run goes on, so its log and model file are still written.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "rewire",
@@ -56,7 +65,7 @@ struct EvalArgs {
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
     /// threads (default: all cores)
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one())]
     threads: Option<usize>,
 }
 
@@ -166,7 +175,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// threads (default: all cores)
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one())]
     threads: Option<usize>,
     /// stop after this many steps in all
     #[arg(long)]
@@ -227,7 +236,7 @@ struct BenchArgs {
     #[arg(long, default_value_t = 8)]
     block: usize,
     /// threads for both kernels (default: all cores)
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one())]
     threads: Option<usize>,
     /// how live entries spread over rows
     #[arg(long, value_enum, default_value_t = PatternArg::Uniform)]
@@ -336,7 +345,7 @@ fn run_bench(args: BenchArgs) -> rewire::Result<()> {
     };
     let device = open_device(&args.device)?;
     if !args.json {
-        println!("{}", bench::table_header());
+        say!("{}", bench::table_header());
     }
     for cfg in &configs {
         let r = match &device {
@@ -347,13 +356,13 @@ fn run_bench(args: BenchArgs) -> rewire::Result<()> {
             Some(never) => match *never {},
         };
         if args.json {
-            println!("{}", serde_json::to_string(&r).expect("results serialise"));
+            say!("{}", serde_json::to_string(&r).expect("results serialise"));
         } else {
-            println!("{}", bench::table_row(&r));
+            say!("{}", bench::table_row(&r));
         }
     }
     if !args.json {
-        println!(
+        say!(
             "speedup = dense ms / sparse ms; GF_ratio = sparse GFLOP/s (2·nnz·N/t) ÷ dense GFLOP/s (2·M·K·N/t); {} thread(s)",
             base.threads
         );
@@ -653,9 +662,25 @@ fn run_one(
         ModelSpec::Cnn(c) => c.sparsity,
     };
     let mut built = config.build()?;
+    let mut sparsity = sparsity;
     if let Some(path) = &run.init {
         rewire::io::load_into(path, built.model_mut())?;
-        println!("initialised from {}", path.display());
+        let m = built.model();
+        say!(
+            "initialised from {} (its storage: {} live weights of {})",
+            path.display(),
+            m.live_weights(),
+            m.dense_weights()
+        );
+        // the file's storage decides the sparsity (a dense-to-sparse method still
+        // prunes to its target); logs and saved metadata record what trains
+        if !cfg
+            .rewire
+            .as_ref()
+            .is_some_and(|r| r.kind.is_dense_to_sparse())
+        {
+            sparsity = 1.0 - m.live_weights() as f64 / m.dense_weights().max(1) as f64;
+        }
     }
     let model = built.model();
     let layers = model
@@ -675,7 +700,7 @@ fn run_one(
         .map_or(String::new(), |r| {
             format!(", pruned to {:.4}", r.target_sparsity)
         });
-    println!(
+    say!(
         "{} {}: {} · method {} · sparsity {:.4} ({}{target}) · live weights {} of {} · {} train / {} test samples · {} thread(s)",
         run.dataset,
         run.model,
@@ -691,19 +716,7 @@ fn run_one(
     );
     let epochs = cfg.epochs;
     let on_epoch = |r: &rewire::train::EpochReport| {
-        println!(
-            "epoch {:>3}/{epochs}  loss {:.4}  train {:6.2}%  test {:6.2}%  time {:7.2}s  live {} ({:.2}% of dense)  train FLOPs {:.3e}  lr {:.4}  rewired {}",
-            r.epoch,
-            r.loss,
-            100.0 * r.train_acc,
-            100.0 * r.test_acc,
-            r.epoch_s,
-            r.live_weights,
-            100.0 * r.live_weights as f64 / r.dense_weights as f64,
-            r.train_flops,
-            r.lr,
-            r.rewired
-        );
+        // the log line first: it is the record that must survive
         if let Some(log) = log.as_deref_mut() {
             log.write(&serde_json::json!({
                 "dataset": run.dataset,
@@ -717,6 +730,19 @@ fn run_one(
                 "report": r,
             }))?;
         }
+        say!(
+            "epoch {:>3}/{epochs}  loss {:.4}  train {:6.2}%  test {:6.2}%  time {:7.2}s  live {} ({:.2}% of dense)  train FLOPs {:.3e}  lr {:.4}  rewired {}",
+            r.epoch,
+            r.loss,
+            100.0 * r.train_acc,
+            100.0 * r.test_acc,
+            r.epoch_s,
+            r.live_weights,
+            100.0 * r.live_weights as f64 / r.dense_weights as f64,
+            r.train_flops,
+            r.lr,
+            r.rewired
+        );
         Ok(())
     };
     let reports = match (device, &mut built) {
@@ -758,7 +784,7 @@ fn run_one(
             .map(|(k, v)| (k.to_string(), v)),
         );
         rewire::io::save(path, model, &meta)?;
-        println!(
+        say!(
             "wrote {} ({} live weights of {})",
             path.display(),
             model.live_weights(),
@@ -768,10 +794,43 @@ fn run_one(
     Ok(reports)
 }
 
+/// Whether a file can be written at `path` (its folder exists and takes a new file, and
+/// the path is not a folder), checked with a probe file that is removed at once.
+fn check_writable(flag: &'static str, path: &std::path::Path) -> rewire::Result<()> {
+    if path.is_dir() {
+        return Err(rewire::Error::arg(
+            flag,
+            format!("{} is a folder, not a file name", path.display()),
+        ));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let probe = dir.join(format!(".rewire-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| {
+        rewire::Error::arg(
+            flag,
+            format!("cannot write a file in {}: {e}", dir.display()),
+        )
+    })?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 fn run_train(args: TrainArgs) -> rewire::Result<()> {
     let (pool, threads) = thread_pool(&args.run)?;
     let device = open_device(&args.run.device)?;
     let data = load_data(&args.run)?;
+    // the settings and every path, before the log is created (or an old one emptied)
+    // and long before the model is saved
+    build(&args.run, &args.method, args.sparsity, &data.0, threads)?;
+    if let Some(init) = &args.run.init {
+        std::fs::metadata(init).map_err(|e| rewire::Error::io(init, e))?;
+    }
+    if let Some(save) = &args.save {
+        check_writable("save", save)?;
+    }
     let mut log = args
         .log
         .as_deref()
@@ -822,7 +881,7 @@ fn run_compare(args: CompareArgs) -> rewire::Result<()> {
     std::fs::create_dir_all(&args.out).map_err(|e| rewire::Error::io(&args.out, e))?;
     let mut rows = Vec::new();
     for (k, (method, sparsity)) in runs.iter().enumerate() {
-        println!(
+        say!(
             "== run {}/{}: {method} at sparsity {sparsity}",
             k + 1,
             runs.len()
@@ -854,7 +913,7 @@ fn run_compare(args: CompareArgs) -> rewire::Result<()> {
         compare::write_json(&args.out.join("compare.json"), &partial)?;
     }
     compare::relate_to_dense(&mut rows);
-    println!("\n{}", compare::table(&rows));
+    say!("\n{}", compare::table(&rows));
     let title = format!("{} {}", args.run.dataset, args.run.model);
     compare::plot(
         &args.out.join("accuracy_vs_sparsity.svg"),
@@ -870,7 +929,7 @@ fn run_compare(args: CompareArgs) -> rewire::Result<()> {
         "epoch time (s)",
         |r| r.epoch_s,
     )?;
-    println!(
+    say!(
         "wrote {0}/compare.csv, {0}/compare.json, {0}/accuracy_vs_sparsity.svg, {0}/epoch_time_vs_sparsity.svg and one log per run",
         args.out.display()
     );
@@ -895,7 +954,12 @@ fn run_eval(args: EvalArgs) -> rewire::Result<()> {
         })
     };
     let dataset = match &args.dataset {
-        Some(d) => d.clone(),
+        Some(d) => {
+            if let Some(trained) = meta.get("dataset").filter(|t| *t != d) {
+                say!("note: the model was trained on {trained}; evaluating it on {d}");
+            }
+            d.clone()
+        }
         None => get("dataset")?.clone(),
     };
     let seed = meta.get("seed").and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -942,7 +1006,7 @@ fn run_eval(args: EvalArgs) -> rewire::Result<()> {
         rewire::train::evaluate(&*model, test, batch, &mut tape)
     })?;
     let model = built.model();
-    println!(
+    say!(
         "{}: {} trained with {} at sparsity {} on {}",
         args.file.display(),
         get("model")?,
@@ -952,7 +1016,7 @@ fn run_eval(args: EvalArgs) -> rewire::Result<()> {
     );
     for layer in model.weight_layers() {
         let p = model.params().get(layer.weight);
-        println!(
+        say!(
             "  {:<12} {:>8} of {:>8} weights live ({:.2}%){}",
             p.name,
             p.live(),
@@ -965,7 +1029,7 @@ fn run_eval(args: EvalArgs) -> rewire::Result<()> {
             }
         );
     }
-    println!(
+    say!(
         "{dataset} test: loss {loss:.4}  accuracy {:.2}%  ({} samples, {:.2}s)  live weights {} of {}",
         100.0 * acc,
         test_set.n,

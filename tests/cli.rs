@@ -384,3 +384,77 @@ fn compare_writes_its_table_data_and_plots() {
         assert!(svg.contains("<svg"), "{plot} is not an SVG");
     }
 }
+
+/// What a run has written, or must write, survives: bad arguments fail before `--log` is
+/// created (an old log is not emptied) and an unwritable `--save` fails before training;
+/// a closed stdout (a pipe into `head`) neither panics nor loses the log and the model;
+/// weights that diverge on the last step are an error, not a saved model.
+#[test]
+fn outputs_survive_bad_arguments_closed_stdout_and_divergence() {
+    use std::process::Stdio;
+    let dir = scratch("outputs-survive");
+    let path = |name: &str| dir.join(name).to_str().expect("utf-8 path").to_string();
+    let (log, model) = (path("run.jsonl"), path("run.safetensors"));
+    let quick = [
+        "train",
+        "--dataset",
+        "synthetic",
+        "--model",
+        "mlp:16",
+        "--no-progress",
+    ];
+    let with = |extra: &[&str]| -> Vec<String> {
+        quick
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+    };
+    let run = |args: &[String]| rewire(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    std::fs::write(&log, "{\"old\":1}\n").unwrap();
+    let out = run(&with(&["--sparsity", "1.5", "--log", &log]));
+    assert!(!out.status.success());
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "{\"old\":1}\n");
+
+    let nowhere = path("missing-folder/m.safetensors");
+    let out = run(&with(&["--epochs", "1", "--save", &nowhere]));
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("missing-folder"));
+    assert!(
+        !text(&out.stdout).contains("epoch"),
+        "trained before refusing the --save path"
+    );
+
+    let args = with(&["--epochs", "3", "--log", &log, "--save", &model]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rewire"))
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the rewire binary runs");
+    drop(child.stdout.take()); // the reader goes away at once
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "closed stdout failed the run:\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(reports(Path::new(&log)).len(), 3);
+    assert!(Path::new(&model).is_file());
+
+    let diverged = path("diverged.safetensors");
+    let out = run(&with(&[
+        "--lr",
+        "1e30",
+        "--max-steps",
+        "1",
+        "--save",
+        &diverged,
+    ]));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("diverged"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!Path::new(&diverged).exists());
+}

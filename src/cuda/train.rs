@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::nn::{Activation, Mlp, Model, ParamId, ParamShape, ParamStore};
 use crate::optim::{AdamStep, Optimizer, OptimizerConfig};
 use crate::sparse::{seed_rng, CsrPattern, SeedRng};
-use crate::train::{plan_run, progress_bar, EpochReport, RunPlan, TrainConfig};
+use crate::train::{check_test_loss, plan_run, progress_bar, EpochReport, RunPlan, TrainConfig};
 
 /// The activation code of `kernels/train.cu`, and leaky ReLU's slope.
 fn act_code(act: Act) -> (i32, f32) {
@@ -627,9 +627,10 @@ fn evaluate<N: DeviceNet>(
     let (mut loss_sum, mut correct) = (0.0f64, 0usize);
     let mut rng = seed_rng(0);
     let order: Vec<u32> = (0..data.n as u32).collect();
+    let batch = batch.clamp(1, data.n.max(1));
     let mut x = vec![0.0f32; data.dim * batch];
     let mut labels = vec![0u32; batch];
-    for chunk in order.chunks(batch.max(1)) {
+    for chunk in order.chunks(batch) {
         let (_, logits, losses) = forward_batch(
             dev,
             gpu,
@@ -702,6 +703,7 @@ pub(super) fn run<N: DeviceNet>(
     let RunPlan {
         steps_per_epoch,
         total,
+        batch,
         mut rewirer,
     } = plan_run(&*model, train, cfg)?;
     if let Some(d) = [train, test].into_iter().find(|d| d.classes > classes) {
@@ -726,8 +728,8 @@ pub(super) fn run<N: DeviceNet>(
     let mut adam_t = 0u64;
     let mut grow_scratch = GrowScratch::default();
     let mut rng = seed_rng(cfg.seed ^ 0x5eed);
-    let mut x = vec![0.0f32; train.dim * cfg.batch_size];
-    let mut labels = vec![0u32; cfg.batch_size];
+    let mut x = vec![0.0f32; train.dim * batch];
+    let mut labels = vec![0u32; batch];
     let mut reports = Vec::new();
     let mut step = 0usize;
     for epoch in 0..cfg.epochs {
@@ -806,6 +808,7 @@ pub(super) fn run<N: DeviceNet>(
         }
         let epoch_s = start.elapsed().as_secs_f64();
         let (test_loss, test_acc) = evaluate(dev, &mut gpu, model, test, cfg.batch_size.max(256))?;
+        check_test_loss(test_loss, epoch)?;
         let report = EpochReport {
             epoch: epoch + 1,
             lr,

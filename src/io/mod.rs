@@ -144,7 +144,7 @@ pub fn save(path: &Path, model: &dyn Model, metadata: &BTreeMap<String, String>)
 }
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it to `path`.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = PathBuf::from(path);
     let name = path
         .file_name()
@@ -220,11 +220,18 @@ impl ModelFile {
                     t.dtype()
                 )));
             }
-            let v = t
+            let v: Vec<f32> = t
                 .data()
                 .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
-            Ok((t.shape().to_vec(), v.collect()))
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(bad(format!(
+                    "tensor {name:?} holds {} at position {i}: a diverged model",
+                    v[i]
+                )));
+            }
+            Ok((t.shape().to_vec(), v))
         };
         let u32s = |name: &str| -> Result<Vec<u32>> {
             let t = st

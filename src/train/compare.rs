@@ -2,13 +2,13 @@
 //! sparsities): a table, CSV and JSON files, and SVG plots of accuracy and epoch time
 //! against sparsity.
 
-use std::io::Write;
 use std::path::Path;
 
 use plotters::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::io::write_atomically;
 use crate::train::EpochReport;
 
 /// One run's summary.
@@ -109,22 +109,13 @@ pub fn write_csv(path: &Path, rows: &[CompareRow]) -> Result<()> {
             r.epochs
         ));
     }
-    write_atomic(path, s.as_bytes())
+    write_atomically(path, s.as_bytes())
 }
 
 /// Writes the rows as a JSON array.
 pub fn write_json(path: &Path, rows: &[CompareRow]) -> Result<()> {
     let s = serde_json::to_string_pretty(rows).map_err(|e| Error::io(path, e))?;
-    write_atomic(path, s.as_bytes())
-}
-
-/// Writes through a temporary file and a rename, so a reader never sees half a file.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    write_atomically(path, s.as_bytes())
 }
 
 /// Draws `y(row)` against sparsity, one line per sparse method and the dense run as a
@@ -158,53 +149,58 @@ pub fn plot(
     } else {
         (xlo - 0.01, xhi + 0.01)
     };
-    let root = SVGBackend::new(path, (720, 480)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(xlo..xhi, (lo - pad)..(hi + pad))
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("sparsity")
-        .y_desc(y_label)
-        .draw()
-        .map_err(|e| err(&e))?;
-    let mut methods: Vec<&str> = rows.iter().map(|r| r.method.as_str()).collect();
-    methods.dedup();
-    methods.sort_unstable();
-    methods.dedup();
-    for (k, m) in methods.iter().enumerate() {
-        let color = Palette99::pick(k).to_rgba();
-        let mut pts: Vec<(f64, f64)> = rows
-            .iter()
-            .filter(|r| r.method == *m)
-            .map(|r| (r.actual_sparsity, y(r)))
-            .collect();
-        if *m == "dense" {
-            let v = pts.first().map(|p| p.1).unwrap_or(0.0);
-            pts = vec![(xlo, v), (xhi, v)];
-        }
-        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-        chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-            .map_err(|e| err(&e))?
-            .label(*m)
-            .legend(move |(x, yy)| {
-                PathElement::new(vec![(x, yy), (x + 20, yy)], color.stroke_width(2))
-            });
-        chart
-            .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
+    // drawn into memory, then written whole (never half a plot on disk)
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (720, 480)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(xlo..xhi, (lo - pad)..(hi + pad))
             .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("sparsity")
+            .y_desc(y_label)
+            .draw()
+            .map_err(|e| err(&e))?;
+        let mut methods: Vec<&str> = rows.iter().map(|r| r.method.as_str()).collect();
+        methods.dedup();
+        methods.sort_unstable();
+        methods.dedup();
+        for (k, m) in methods.iter().enumerate() {
+            let color = Palette99::pick(k).to_rgba();
+            let mut pts: Vec<(f64, f64)> = rows
+                .iter()
+                .filter(|r| r.method == *m)
+                .map(|r| (r.actual_sparsity, y(r)))
+                .collect();
+            if *m == "dense" {
+                let v = pts.first().map(|p| p.1).unwrap_or(0.0);
+                pts = vec![(xlo, v), (xhi, v)];
+            }
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                .map_err(|e| err(&e))?
+                .label(*m)
+                .legend(move |(x, yy)| {
+                    PathElement::new(vec![(x, yy), (x + 20, yy)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                .map_err(|e| err(&e))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))
+    write_atomically(path, svg.as_bytes())
 }

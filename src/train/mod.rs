@@ -67,7 +67,7 @@ impl Schedule {
         match *self {
             Schedule::Constant => base,
             Schedule::Cosine { warmup_epochs } => {
-                let warm = warmup_epochs * steps_per_epoch;
+                let warm = warmup_epochs.saturating_mul(steps_per_epoch);
                 if step < warm {
                     base * (step + 1) as f32 / warm as f32
                 } else {
@@ -214,6 +214,8 @@ pub fn evaluate(
     batch_size: usize,
     tape: &mut Tape,
 ) -> Result<(f64, f64)> {
+    // no bigger than the data: a huge batch size asks for no huge buffer
+    let batch_size = batch_size.clamp(1, data.n.max(1));
     let mut x = vec![0.0f32; data.dim * batch_size];
     let mut labels = vec![0u32; batch_size];
     let order: Vec<u32> = (0..data.n as u32).collect();
@@ -242,8 +244,10 @@ pub fn evaluate(
 pub(crate) struct RunPlan {
     /// minibatches per epoch
     pub steps_per_epoch: usize,
-    /// steps of the whole run (`max_steps` applied)
+    /// steps of the whole run (`max_steps` applied), at least 1
     pub total: usize,
+    /// samples of the largest minibatch (the batch size, or the whole set if smaller)
+    pub batch: usize,
     /// the rewiring method, scheduled over `total` steps
     pub rewirer: Option<Rewirer>,
 }
@@ -265,7 +269,27 @@ pub(crate) fn plan_run(model: &dyn Model, train: &Dataset, cfg: &TrainConfig) ->
     let total = cfg
         .max_steps
         .unwrap_or(usize::MAX)
-        .min(steps_per_epoch * cfg.epochs);
+        .min(steps_per_epoch.saturating_mul(cfg.epochs));
+    if total == 0 {
+        return Err(Error::arg(
+            "train",
+            format!(
+                "the run has no training step ({} training samples, {} epochs, max_steps {:?})",
+                train.n, cfg.epochs, cfg.max_steps
+            ),
+        ));
+    }
+    if let Schedule::Cosine { warmup_epochs } = cfg.schedule {
+        if warmup_epochs.saturating_mul(steps_per_epoch) >= total {
+            return Err(Error::arg(
+                "schedule",
+                format!(
+                    "a warm-up of {warmup_epochs} epochs is the whole run ({total} steps of \
+                     {steps_per_epoch} per epoch)"
+                ),
+            ));
+        }
+    }
     let rewirer = cfg
         .rewire
         .clone()
@@ -274,6 +298,7 @@ pub(crate) fn plan_run(model: &dyn Model, train: &Dataset, cfg: &TrainConfig) ->
     Ok(RunPlan {
         steps_per_epoch,
         total,
+        batch: cfg.batch_size.min(train.n),
         rewirer,
     })
 }
@@ -308,13 +333,14 @@ fn train_here(
     let RunPlan {
         steps_per_epoch,
         total,
+        batch,
         mut rewirer,
     } = plan_run(&*model, train, cfg)?;
     let mut opt = Optimizer::new(cfg.optimizer.clone(), model.params())?;
     let mut tape = Tape::new(cfg.par);
     let mut rng = seed_rng(cfg.seed ^ 0x5eed);
-    let mut x = vec![0.0f32; train.dim * cfg.batch_size];
-    let mut labels = vec![0u32; cfg.batch_size];
+    let mut x = vec![0.0f32; train.dim * batch];
+    let mut labels = vec![0u32; batch];
     let mut reports = Vec::new();
     let mut step = 0usize;
     for epoch in 0..cfg.epochs {
@@ -395,6 +421,7 @@ fn train_here(
             bar.finish_and_clear();
         }
         let (test_loss, test_acc) = evaluate(&*model, test, cfg.batch_size.max(256), &mut tape)?;
+        check_test_loss(test_loss, epoch)?;
         let report = EpochReport {
             epoch: epoch + 1,
             lr,
@@ -413,6 +440,21 @@ fn train_here(
         reports.push(report);
     }
     Ok(reports)
+}
+
+/// A test loss that is not finite means the last steps diverged (the training loss is
+/// checked before each step, not after the last): an error, before the epoch is logged
+/// or the model saved.
+pub(crate) fn check_test_loss(test_loss: f64, epoch: usize) -> Result<()> {
+    if test_loss.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::Training(format!(
+            "the test loss became {test_loss} after epoch {}: the weights diverged; try a \
+             lower --lr",
+            epoch + 1
+        )))
+    }
 }
 
 pub(crate) fn progress_bar(
