@@ -345,6 +345,10 @@ impl CudaDevice {
             beta,
             ldc: n as i32,
         };
+        // cuBLAS runs in the thread's current context, which cudarc's gemm does not set
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| cuda_err("binding the CUDA context", e))?;
         // SAFETY: dimensions checked against the buffer lengths above.
         unsafe { self.blas.gemm(cfg, b, a, c) }.map_err(|e| cuda_err("cuBLAS SGEMM", e))
     }
