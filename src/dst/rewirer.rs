@@ -53,6 +53,18 @@ impl MethodKind {
             )),
         }
     }
+
+    /// The name [`MethodKind::parse`] reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            MethodKind::Static => "static",
+            MethodKind::Set => "set",
+            MethodKind::RigL => "rigl",
+            MethodKind::Dsr => "dsr",
+            MethodKind::Gmp => "gmp",
+            MethodKind::PruneFinetune => "prune-finetune",
+        }
+    }
 }
 
 /// Settings of a rewiring method.
@@ -247,10 +259,10 @@ impl Rewirer {
                 return Err(Error::arg(
                     "schedule",
                     format!(
-                        "{:?} prunes every {delta_t} steps from step {t_start} to step {t_end}, \
+                        "{} prunes every {delta_t} steps from step {t_start} to step {t_end}, \
                          but no such step falls within the run's {total_steps} steps: lower \
                          --delta-t or train longer",
-                        config.kind
+                        config.kind.name()
                     ),
                 ));
             }
@@ -452,6 +464,9 @@ impl Rewirer {
         let alloc = allocate(pruned, &survivors, &room);
         let mut report = UpdateReport::default();
         for (((id, pattern), drop), n) in layers.iter().zip(drops).zip(alloc) {
+            if drop.is_empty() && n == 0 {
+                continue; // nothing to edit: keep the pattern (and its cached transpose)
+            }
             let grow = random_free(pattern, n, &mut self.rng);
             let stats = apply_edit(model.params_mut(), opt, *id, &Edit { drop, grow })?;
             report.rewired += stats.dropped;
