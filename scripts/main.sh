@@ -27,18 +27,20 @@ cargo build --release --quiet
 mkdir -p "$OUT"
 echo "== dense baseline"
 target/release/rewire train "${COMMON[@]}" --method dense --log "$OUT/dense.jsonl"
+logs=("$OUT/dense.jsonl")
 for s in $SPARSITIES; do
     for m in $METHODS; do
         echo "== $m at sparsity $s"
         target/release/rewire train "${COMMON[@]}" --method "$m" --sparsity "$s" --log "$OUT/$m-$s.jsonl"
+        logs+=("$OUT/$m-$s.jsonl")
     done
 done
 
 echo "== summary (last epoch of each run; epoch time is the mean over epochs)"
-python3 - "$OUT" <<'PY' || echo "(python3 not found: see $OUT/*.jsonl)"
-import glob, json, sys
+python3 - "${logs[@]}" <<'PY' || echo "(python3 not found: see $OUT/*.jsonl)"
+import json, sys
 rows = []
-for path in sorted(glob.glob(sys.argv[1] + "/*.jsonl")):
+for path in sys.argv[1:]:  # this run's logs only, not older ones in the same folder
     lines = [json.loads(l) for l in open(path) if l.strip()]
     if not lines:
         continue

@@ -856,8 +856,26 @@ fn run_train(args: TrainArgs) -> rewire::Result<()> {
 fn run_compare(args: CompareArgs) -> rewire::Result<()> {
     use rewire::train::compare;
     // fail on the arguments before loading data or writing anything, not hours later
-    for m in &args.methods {
-        rewire::dst::MethodKind::parse(m)?;
+    for (i, m) in args.methods.iter().enumerate() {
+        let kind = rewire::dst::MethodKind::parse(m)?;
+        if args.methods[..i]
+            .iter()
+            .any(|o| rewire::dst::MethodKind::parse(o).is_ok_and(|k| k == kind))
+        {
+            return Err(rewire::Error::arg(
+                "methods",
+                format!("{m} is listed twice"),
+            ));
+        }
+    }
+    for (i, s) in args.sparsities.iter().enumerate() {
+        // runs are named METHOD-SPARSITY: a repeat would overwrite the first one's files
+        if args.sparsities[..i].contains(s) {
+            return Err(rewire::Error::arg(
+                "sparsities",
+                format!("{s} is listed twice"),
+            ));
+        }
     }
     if args.run.init.is_some() {
         return Err(rewire::Error::arg(

@@ -134,6 +134,9 @@ impl CsrPattern {
 
     /// An `nrows × ncols` pattern with no live entry.
     pub fn empty(nrows: usize, ncols: usize) -> Result<Self> {
+        // before `row_ptr` is allocated: a huge row count is an error, not an abort
+        check_u32("nrows", nrows)?;
+        check_u32("ncols", ncols)?;
         Self::new(nrows, ncols, vec![0; nrows + 1], Vec::new())
     }
 

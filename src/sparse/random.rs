@@ -32,6 +32,9 @@ pub fn nnz_for_sparsity(nrows: usize, ncols: usize, sparsity: f64) -> Result<usi
 impl CsrPattern {
     /// A uniformly random pattern with exactly `nnz` live entries.
     pub fn random(nrows: usize, ncols: usize, nnz: usize, rng: &mut SeedRng) -> Result<Self> {
+        // before `row_ptr` is allocated: a huge row count is an error, not an abort
+        check_u32("nrows", nrows)?;
+        check_u32("ncols", ncols)?;
         let total = nrows.checked_mul(ncols).ok_or(Error::TooLarge {
             what: "nrows * ncols",
             value: usize::MAX,
