@@ -129,18 +129,16 @@ impl RewireConfig {
     /// checks the same first; a caller planning several runs can check them all before
     /// starting any.
     pub fn validate(&self) -> Result<()> {
-        if !(0.0..=1.0).contains(&self.drop_fraction) {
-            return Err(Error::arg(
-                "drop_fraction",
-                format!("must lie in [0, 1], got {}", self.drop_fraction),
-            ));
-        }
-        if !(0.0..=1.0).contains(&self.end_fraction) {
-            return Err(Error::arg(
-                "end_fraction",
-                format!("must lie in [0, 1], got {}", self.end_fraction),
-            ));
-        }
+        let fraction = |name: &'static str, v: f64| {
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(Error::arg(name, format!("must lie in [0, 1], got {v}")))
+            }
+        };
+        fraction("drop_fraction", self.drop_fraction)?;
+        fraction("end_fraction", self.end_fraction)?;
+        fraction("start_fraction", self.start_fraction)?;
         if self.kind != MethodKind::Static && self.delta_t == 0 {
             return Err(Error::arg("delta_t", "must be at least 1"));
         }
@@ -148,12 +146,6 @@ impl RewireConfig {
             return Err(Error::arg(
                 "target_sparsity",
                 format!("must lie in [0, 1), got {}", self.target_sparsity),
-            ));
-        }
-        if !(0.0..=1.0).contains(&self.start_fraction) {
-            return Err(Error::arg(
-                "start_fraction",
-                format!("must lie in [0, 1], got {}", self.start_fraction),
             ));
         }
         if self.kind == MethodKind::Gmp && self.start_fraction > self.end_fraction {
