@@ -273,9 +273,34 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
+            if let rewire::Error::InvalidArgument { name, .. } = &e {
+                if let Some(flag) = flag_of(name) {
+                    eprintln!("(set by {flag})");
+                }
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command-line flag that sets the library's parameter `name`, where one does.
+fn flag_of(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "sparsity" | "target_sparsity" => "--sparsity / --sparsities",
+        "drop_fraction" => "--drop-fraction",
+        "end_fraction" => "--t-end",
+        "delta_t" => "--delta-t",
+        "batch_size" => "--batch-size",
+        "lr" => "--lr",
+        "weight_decay" => "--weight-decay",
+        "momentum" => "--momentum",
+        "dropout" => "--dropout",
+        "schedule" => "--schedule",
+        "activation" => "--activation",
+        "distribution" => "--distribution",
+        "optimizer" => "--optimizer",
+        _ => return None,
+    })
 }
 
 fn run_bench(args: BenchArgs) -> rewire::Result<()> {
