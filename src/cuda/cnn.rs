@@ -10,6 +10,7 @@
 //! forward, as `Cnn`'s on the CPU) and copies them to the host model whenever the
 //! weights come back, so CPU evaluation after GPU training sees the same model.
 
+use crate::cuda::u32_arg;
 use cudarc::driver::{CudaSlice, DeviceRepr, PushKernelArg};
 
 use super::train::{
@@ -310,7 +311,7 @@ impl CudaDevice {
             return Ok(());
         }
         let f = self.function("batch_norm_f32")?;
-        let (rows32, n32, train32) = (rows as u32, n as u32, train as i32);
+        let (rows32, n32, train32) = (u32_arg("rows", rows)?, u32_arg("columns", n)?, train as i32);
         let mut launch = self.stream().launch_builder(&f);
         launch
             .arg(&rows32)
@@ -367,7 +368,7 @@ impl CudaDevice {
             return Ok(());
         }
         let f = self.function("batch_norm_backward_f32")?;
-        let (rows32, n32, train32) = (rows as u32, n as u32, train as i32);
+        let (rows32, n32, train32) = (u32_arg("rows", rows)?, u32_arg("columns", n)?, train as i32);
         let mut launch = self.stream().launch_builder(&f);
         launch
             .arg(&rows32)
@@ -410,7 +411,7 @@ impl CudaDevice {
             return Ok(());
         }
         let f = self.function("batch_norm_running_f32")?;
-        let (rows32, unbias) = (rows as u32, unbias_factor(n));
+        let (rows32, unbias) = (u32_arg("rows", rows)?, unbias_factor(n));
         let mut launch = self.stream().launch_builder(&f);
         launch
             .arg(&rows32)

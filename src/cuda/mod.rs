@@ -40,6 +40,12 @@ pub fn same_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
     }
 }
 
+/// `v` as a kernel's `u32` argument, or an error where it does not fit (a grid-stride
+/// loop over a truncated length would quietly skip elements).
+pub(crate) fn u32_arg(what: &'static str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::TooLarge { what, value: v })
+}
+
 fn cuda_err(what: &str, e: impl std::fmt::Debug) -> Error {
     Error::Cuda(format!("{what}: {e:?}"))
 }
@@ -422,7 +428,7 @@ impl CudaDevice {
             block_dim: (32, WARPS, 1),
             shared_mem_bytes: 0,
         };
-        let (m, n32) = (p.nrows as u32, n as u32);
+        let (m, n32) = (u32_arg("rows", p.nrows)?, u32_arg("columns", n)?);
         let null: u64 = 0;
         let mut launch = self.stream.launch_builder(&f);
         launch
@@ -471,7 +477,7 @@ impl CudaDevice {
             block_dim: (32, WARPS, 1),
             shared_mem_bytes: 0,
         };
-        let (m, n32) = (a.nrows as u32, n as u32);
+        let (m, n32) = (u32_arg("rows", a.nrows)?, u32_arg("columns", n)?);
         let mut launch = self.stream.launch_builder(&f);
         launch
             .arg(&m)
@@ -515,7 +521,7 @@ impl CudaDevice {
             block_dim: (32, bs.min(8) as u32, 1),
             shared_mem_bytes: 0,
         };
-        let n32 = n as u32;
+        let n32 = u32_arg("columns", n)?;
         let mut launch = self.stream.launch_builder(&f);
         launch
             .arg(&n32)

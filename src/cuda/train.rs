@@ -17,6 +17,7 @@
 //! dropout does not reproduce the CPU's masks; without dropout the two agree up to
 //! floating-point summation order.
 
+use crate::cuda::u32_arg;
 use std::time::Instant;
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
@@ -228,7 +229,7 @@ pub(super) fn bias_act(
     y: &mut CudaSlice<f32>,
 ) -> Result<()> {
     let (code, slope) = act_code(act);
-    let (rows32, n32) = (rows as u32, n as u32);
+    let (rows32, n32) = (u32_arg("rows", rows)?, u32_arg("columns", n)?);
     let f = dev.function("bias_act_f32")?;
     let mut launch = dev.stream().launch_builder(&f);
     launch
@@ -258,7 +259,7 @@ pub(super) fn bias_act_backward(
         return Ok(());
     }
     let (code, slope) = act_code(act);
-    let (rows32, n32) = (rows as u32, n as u32);
+    let (rows32, n32) = (u32_arg("rows", rows)?, u32_arg("columns", n)?);
     let f = dev.function("bias_act_backward_f32")?;
     let mut launch = dev.stream().launch_builder(&f);
     launch
@@ -286,7 +287,7 @@ fn dropout(
     seed: u64,
 ) -> Result<()> {
     let f = dev.function("dropout_f32")?;
-    let len32 = len as u32;
+    let len32 = u32_arg("length", len)?;
     let mut launch = dev.stream().launch_builder(&f);
     launch
         .arg(&len32)
@@ -303,7 +304,7 @@ fn dropout(
 /// `a[i] *= b[i]` over `len` values.
 fn mul(dev: &CudaDevice, len: usize, a: &mut CudaSlice<f32>, b: &CudaSlice<f32>) -> Result<()> {
     let f = dev.function("mul_f32")?;
-    let len32 = len as u32;
+    let len32 = u32_arg("length", len)?;
     let mut launch = dev.stream().launch_builder(&f);
     launch.arg(&len32).arg(a).arg(b);
     // SAFETY: the signature of mul_f32; both buffers hold len floats.
@@ -373,7 +374,7 @@ impl LossBuffers {
         logits: &CudaSlice<f32>,
     ) -> Result<()> {
         let f = dev.function("softmax_ce_f32")?;
-        let (c32, n32) = (classes as u32, n as u32);
+        let (c32, n32) = (u32_arg("classes", classes)?, u32_arg("batch", n)?);
         let mut launch = dev.stream().launch_builder(&f);
         launch
             .arg(&c32)
@@ -396,7 +397,11 @@ impl LossBuffers {
         g: &mut CudaSlice<f32>,
     ) -> Result<()> {
         let f = dev.function("softmax_ce_backward_f32")?;
-        let (c32, n32, scale) = (classes as u32, n as u32, 1.0 / n.max(1) as f32);
+        let (c32, n32, scale) = (
+            u32_arg("classes", classes)?,
+            u32_arg("batch", n)?,
+            1.0 / n.max(1) as f32,
+        );
         let mut launch = dev.stream().launch_builder(&f);
         launch
             .arg(&c32)
@@ -425,7 +430,7 @@ pub(super) fn optimizer_step<'p>(
     }
     let t = *adam_t;
     for p in params {
-        let len = p.value.len() as u32;
+        let len = u32_arg("parameter length", p.value.len())?;
         if len == 0 {
             continue;
         }
