@@ -687,6 +687,12 @@ fn run_one(
         ModelSpec::Cnn(c) => c.sparsity,
     };
     let mut built = config.build()?;
+    // dense-to-sparse methods start dense and prune to this
+    let prunes_to = cfg
+        .rewire
+        .as_ref()
+        .filter(|r| r.kind.is_dense_to_sparse())
+        .map(|r| r.target_sparsity);
     let mut sparsity = sparsity;
     if let Some(path) = &run.init {
         rewire::io::load_into(path, built.model_mut())?;
@@ -699,11 +705,7 @@ fn run_one(
         );
         // the file's storage decides the sparsity (a dense-to-sparse method still
         // prunes to its target); logs and saved metadata record what trains
-        if !cfg
-            .rewire
-            .as_ref()
-            .is_some_and(|r| r.kind.is_dense_to_sparse())
-        {
+        if prunes_to.is_none() {
             sparsity = 1.0 - m.live_weights() as f64 / m.dense_weights().max(1) as f64;
         }
     }
@@ -717,14 +719,7 @@ fn run_one(
         })
         .collect::<Vec<_>>()
         .join(" ");
-    // dense-to-sparse methods start dense: name the sparsity they prune to
-    let target = cfg
-        .rewire
-        .as_ref()
-        .filter(|r| r.kind.is_dense_to_sparse())
-        .map_or(String::new(), |r| {
-            format!(", pruned to {:.4}", r.target_sparsity)
-        });
+    let target = prunes_to.map_or(String::new(), |t| format!(", pruned to {t:.4}"));
     say!(
         "{} {}: {} · method {} · sparsity {:.4} ({}{target}) · live weights {} of {} · {} train / {} test samples · {} thread(s)",
         run.dataset,
@@ -881,17 +876,16 @@ fn run_train(args: TrainArgs) -> rewire::Result<()> {
 fn run_compare(args: CompareArgs) -> rewire::Result<()> {
     use rewire::train::compare;
     // fail on the arguments before loading data or writing anything, not hours later
-    for (i, m) in args.methods.iter().enumerate() {
+    let mut kinds = Vec::with_capacity(args.methods.len());
+    for m in &args.methods {
         let kind = rewire::dst::MethodKind::parse(m)?;
-        if args.methods[..i]
-            .iter()
-            .any(|o| rewire::dst::MethodKind::parse(o).is_ok_and(|k| k == kind))
-        {
+        if kinds.contains(&kind) {
             return Err(rewire::Error::arg(
                 "methods",
                 format!("{m} is listed twice"),
             ));
         }
+        kinds.push(kind);
     }
     for (i, s) in args.sparsities.iter().enumerate() {
         // runs are named METHOD-SPARSITY: a repeat would overwrite the first one's files

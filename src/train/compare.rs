@@ -168,7 +168,6 @@ pub fn plot(
             .draw()
             .map_err(|e| err(&e))?;
         let mut methods: Vec<&str> = rows.iter().map(|r| r.method.as_str()).collect();
-        methods.dedup();
         methods.sort_unstable();
         methods.dedup();
         for (k, m) in methods.iter().enumerate() {
