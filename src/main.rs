@@ -62,7 +62,7 @@ struct EvalArgs {
     #[arg(long, default_value = "data")]
     data_dir: std::path::PathBuf,
     /// samples per forward pass
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = at_least_one())]
     batch_size: usize,
     /// threads (default: all cores)
     #[arg(long, value_parser = at_least_one())]
@@ -76,9 +76,14 @@ struct TrainArgs {
     /// dense, static (a fixed random sparse pattern), set, rigl, dsr, gmp, prune-finetune
     #[arg(long, default_value = "static")]
     method: String,
-    /// fraction of weights not stored (ignored by --method dense)
-    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
-    sparsity: f64,
+    /// fraction of weights not stored [default: 0.9] (ignored by --method dense; with
+    /// --init the file's pattern decides it)
+    #[arg(long, value_parser = trimmed_f64, allow_negative_numbers = true)]
+    sparsity: Option<f64>,
+    /// start from the weights and storage (dense, or sparse with its pattern) of this
+    /// model file instead of a random initialisation; optimizer state starts at zero
+    #[arg(long)]
+    init: Option<std::path::PathBuf>,
     /// write one JSON line per epoch to this file
     #[arg(long)]
     log: Option<std::path::PathBuf>,
@@ -101,6 +106,7 @@ struct CompareArgs {
         long,
         value_delimiter = ',',
         default_value = "0.9",
+        value_parser = trimmed_f64,
         allow_negative_numbers = true
     )]
     sparsities: Vec<f64>,
@@ -178,24 +184,66 @@ struct RunArgs {
     #[arg(long, value_parser = at_least_one())]
     threads: Option<usize>,
     /// stop after this many steps in all
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one())]
     max_steps: Option<usize>,
     /// train on the first N training samples only
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one())]
     train_subset: Option<usize>,
     /// no progress bar
     #[arg(long)]
     no_progress: bool,
-    /// train only: start from the weights and storage (dense, or sparse with its
-    /// pattern) of this model file instead of a random initialisation; optimizer state
-    /// starts at zero
-    #[arg(long)]
-    init: Option<std::path::PathBuf>,
 }
 
 /// A count that must be at least 1.
 fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::new().range(1..)
+}
+
+/// A number, spaces around it allowed (`--sparsities "0.9, 0.98"`).
+fn trimmed_f64(s: &str) -> Result<f64, String> {
+    s.trim()
+        .parse()
+        .map_err(|e| format!("{:?} is not a number ({e})", s.trim()))
+}
+
+/// Names as the parsers read them: spaces trimmed, lower case (`--method RigL`).
+fn tidy(s: &mut String) {
+    *s = s.trim().to_ascii_lowercase();
+}
+
+impl RunArgs {
+    /// Every name-valued setting in the form the parsers read.
+    fn tidy(&mut self) {
+        for s in [
+            &mut self.dataset,
+            &mut self.model,
+            &mut self.device,
+            &mut self.distribution,
+            &mut self.schedule,
+            &mut self.optimizer,
+            &mut self.activation,
+        ] {
+            tidy(s);
+        }
+    }
+}
+
+/// `dense`, or the canonical name of a sparse method (`ptf` is `prune-finetune`).
+fn method_name(m: &str) -> rewire::Result<String> {
+    let m = m.trim().to_ascii_lowercase();
+    if m == "dense" {
+        return Ok(m);
+    }
+    rewire::dst::MethodKind::parse(&m)
+        .map(|k| k.name().to_string())
+        .map_err(|_| {
+            rewire::Error::arg(
+                "method",
+                format!(
+                    "unknown method {m:?} (dense, static, set, rigl, dsr, gmp, prune-finetune)"
+                ),
+            )
+        })
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -263,6 +311,8 @@ struct BenchArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // eval's settings come from the model file, not from flags
+    let flags_named = !matches!(cli.command, Command::Eval(_));
     let result = match cli.command {
         Command::Bench(args) => run_bench(args),
         Command::Train(args) => run_train(*args),
@@ -274,7 +324,7 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             if let rewire::Error::InvalidArgument { name, .. } = &e {
-                if let Some(flag) = flag_of(name) {
+                if let Some(flag) = flag_of(name).filter(|_| flags_named) {
                     eprintln!("(set by {flag})");
                 }
             }
@@ -287,6 +337,9 @@ fn main() -> ExitCode {
 fn flag_of(name: &str) -> Option<&'static str> {
     Some(match name {
         "sparsity" | "target_sparsity" => "--sparsity / --sparsities",
+        "method" => "--method",
+        "methods" => "--methods",
+        "init" => "--init",
         "drop_fraction" => "--drop-fraction",
         "end_fraction" => "--t-end",
         "delta_t" => "--delta-t",
@@ -299,6 +352,9 @@ fn flag_of(name: &str) -> Option<&'static str> {
         "activation" => "--activation",
         "distribution" => "--distribution",
         "optimizer" => "--optimizer",
+        "dataset" => "--dataset",
+        "model" => "--model",
+        "device" => "--device",
         _ => return None,
     })
 }
@@ -451,7 +507,16 @@ fn thread_pool(run: &RunArgs) -> rewire::Result<(rayon::ThreadPool, usize)> {
 fn load_data(run: &RunArgs) -> rewire::Result<(rewire::data::Dataset, rewire::data::Dataset)> {
     let (train_set, test_set) = load_dataset(&run.dataset, &run.data_dir, run.seed)?;
     let train_set = match run.train_subset {
-        Some(n) => train_set.subset(n),
+        Some(n) => {
+            if n > train_set.n {
+                say!(
+                    "note: --train-subset {n} is more than the {} training samples; training \
+                     on all of them",
+                    train_set.n
+                );
+            }
+            train_set.subset(n)
+        }
         None => train_set,
     };
     Ok((train_set, test_set))
@@ -467,7 +532,12 @@ fn load_dataset(
     Ok(if dataset == "synthetic" {
         Dataset::synthetic(12_000, 784, 10, seed).split(10_000)
     } else {
-        let name = DatasetName::parse(dataset)?;
+        let name = DatasetName::parse(dataset).map_err(|_| {
+            rewire::Error::arg(
+                "dataset",
+                format!("unknown dataset {dataset:?} (mnist, fashion-mnist, synthetic)"),
+            )
+        })?;
         let splits = data::load(name, data_dir)?;
         (splits.train, splits.test)
     })
@@ -669,23 +739,34 @@ struct Outputs<'a> {
     save: Option<&'a std::path::Path>,
 }
 
-/// Trains one model, printing a header and a line per epoch (and logging them).
-fn run_one(
+/// A model ready to train, with its settings.
+struct Prepared {
+    built: Built,
+    cfg: rewire::train::TrainConfig,
+    /// the sparsity that logs and the saved file record: the target of a dense-to-sparse
+    /// method, the file's with `--init`
+    sparsity: f64,
+    /// where a dense-to-sparse method prunes to
+    prunes_to: Option<f64>,
+}
+
+/// Where `train --init` starts from, and whether `--sparsity` was given beside it.
+struct Init<'a> {
+    path: &'a std::path::Path,
+    sparsity_given: bool,
+}
+
+/// Builds the model of one run of `method` at `sparsity` (loading `init` into it) and
+/// checks that what will train is what the flags name.
+fn prepare(
     run: &RunArgs,
     method: &str,
     sparsity: f64,
-    data: &(rewire::data::Dataset, rewire::data::Dataset),
+    init: Option<Init>,
+    data: &rewire::data::Dataset,
     threads: usize,
-    device: Option<&Device>,
-    out: Outputs,
-) -> rewire::Result<Vec<rewire::train::EpochReport>> {
-    let Outputs { mut log, save } = out;
-    let (train_set, test_set) = data;
-    let (config, cfg) = build(run, method, sparsity, train_set, threads)?;
-    let sparsity = match &config {
-        ModelSpec::Mlp(c) => c.sparsity,
-        ModelSpec::Cnn(c) => c.sparsity,
-    };
+) -> rewire::Result<Prepared> {
+    let (config, cfg) = build(run, method, sparsity, data, threads)?;
     let mut built = config.build()?;
     // dense-to-sparse methods start dense and prune to this
     let prunes_to = cfg
@@ -693,22 +774,83 @@ fn run_one(
         .as_ref()
         .filter(|r| r.kind.is_dense_to_sparse())
         .map(|r| r.target_sparsity);
-    let mut sparsity = sparsity;
-    if let Some(path) = &run.init {
+    let mut recorded = prunes_to.unwrap_or(if method == "dense" { 0.0 } else { sparsity });
+    if let Some(init) = init {
+        let path = init.path;
         rewire::io::load_into(path, built.model_mut())?;
         let m = built.model();
-        say!(
-            "initialised from {} (its storage: {} live weights of {})",
-            path.display(),
-            m.live_weights(),
-            m.dense_weights()
-        );
-        // the file's storage decides the sparsity (a dense-to-sparse method still
-        // prunes to its target); logs and saved metadata record what trains
-        if prunes_to.is_none() {
-            sparsity = 1.0 - m.live_weights() as f64 / m.dense_weights().max(1) as f64;
+        let (live, dense) = (m.live_weights(), m.dense_weights());
+        let file_sparsity = 1.0 - live as f64 / dense.max(1) as f64;
+        let has_sparse = m
+            .weight_layers()
+            .iter()
+            .any(|l| m.params().get(l.weight).pattern().is_some());
+        if method == "dense" && has_sparse {
+            return Err(rewire::Error::arg(
+                "init",
+                format!(
+                    "{} holds a sparse model ({live} of {dense} weights live): --method dense \
+                     would train it sparse; name the sparse method to go on with (static \
+                     keeps its pattern)",
+                    path.display()
+                ),
+            ));
         }
+        if method != "dense" && prunes_to.is_none() {
+            if !has_sparse {
+                return Err(rewire::Error::arg(
+                    "init",
+                    format!(
+                        "{} holds a dense model: {method} would train it dense; to prune it \
+                         use --method gmp or prune-finetune with --sparsity",
+                        path.display()
+                    ),
+                ));
+            }
+            if init.sparsity_given && (file_sparsity - sparsity).abs() > 0.005 {
+                return Err(rewire::Error::arg(
+                    "sparsity",
+                    format!(
+                        "{sparsity} disagrees with {}, whose storage is {file_sparsity:.4} \
+                         sparse: with --init the file's pattern decides (leave --sparsity out)",
+                        path.display()
+                    ),
+                ));
+            }
+            // the file's storage decides the sparsity; logs and saved metadata record it
+            recorded = (file_sparsity * 1e4).round() / 1e4;
+        }
+        say!(
+            "initialised from {} (its storage: {live} live weights of {dense})",
+            path.display()
+        );
     }
+    Ok(Prepared {
+        built,
+        cfg,
+        sparsity: recorded,
+        prunes_to,
+    })
+}
+
+/// Trains a prepared model, printing a header and a line per epoch (and logging them).
+fn run_one(
+    prepared: Prepared,
+    run: &RunArgs,
+    method: &str,
+    data: &(rewire::data::Dataset, rewire::data::Dataset),
+    threads: usize,
+    device: Option<&Device>,
+    out: Outputs,
+) -> rewire::Result<Vec<rewire::train::EpochReport>> {
+    let Outputs { mut log, save } = out;
+    let (train_set, test_set) = data;
+    let Prepared {
+        mut built,
+        cfg,
+        sparsity,
+        prunes_to,
+    } = prepared;
     let model = built.model();
     let layers = model
         .weight_layers()
@@ -734,6 +876,23 @@ fn run_one(
         test_set.n,
         threads
     );
+    if let Some(rc) = cfg.rewire.as_ref().filter(|r| !r.kind.is_dense_to_sparse()) {
+        let steps = train_set
+            .n
+            .div_ceil(cfg.batch_size)
+            .saturating_mul(cfg.epochs);
+        let total = cfg.max_steps.map_or(steps, |m| m.min(steps));
+        let rewirer = rewire::dst::Rewirer::new(rc.clone(), total)?;
+        let first = rc.delta_t;
+        if first == 0 || first >= total || !rewirer.is_update(first) {
+            say!(
+                "note: {method} rewires every {} steps until step {} of the run's {total}: \
+                 no update falls within it, so it trains as static sparse (lower --delta-t)",
+                rc.delta_t,
+                rewirer.schedule().t_end
+            );
+        }
+    }
     let epochs = cfg.epochs;
     let on_epoch = |r: &rewire::train::EpochReport| {
         // the log line first: it is the record that must survive
@@ -838,19 +997,29 @@ fn check_writable(flag: &'static str, path: &std::path::Path) -> rewire::Result<
     Ok(())
 }
 
-fn run_train(args: TrainArgs) -> rewire::Result<()> {
+fn run_train(mut args: TrainArgs) -> rewire::Result<()> {
+    args.run.tidy();
+    let method = method_name(&args.method)?;
     let (pool, threads) = thread_pool(&args.run)?;
     let device = open_device(&args.run.device)?;
     let data = load_data(&args.run)?;
-    // the settings and every path, before the log is created (or an old one emptied)
-    // and long before the model is saved
-    build(&args.run, &args.method, args.sparsity, &data.0, threads)?;
-    if let Some(init) = &args.run.init {
-        std::fs::metadata(init).map_err(|e| rewire::Error::io(init, e))?;
-    }
+    // the settings, the --init file and every path, before the log is created (or an
+    // old one emptied) and long before the model is saved
     if let Some(save) = &args.save {
         check_writable("save", save)?;
     }
+    let init = args.init.as_deref().map(|path| Init {
+        path,
+        sparsity_given: args.sparsity.is_some(),
+    });
+    let prepared = prepare(
+        &args.run,
+        &method,
+        args.sparsity.unwrap_or(0.9),
+        init,
+        &data.0,
+        threads,
+    )?;
     let mut log = args
         .log
         .as_deref()
@@ -858,9 +1027,9 @@ fn run_train(args: TrainArgs) -> rewire::Result<()> {
         .transpose()?;
     pool.install(|| {
         run_one(
+            prepared,
             &args.run,
-            &args.method,
-            args.sparsity,
+            &method,
             &data,
             threads,
             device.as_ref(),
@@ -873,19 +1042,35 @@ fn run_train(args: TrainArgs) -> rewire::Result<()> {
     Ok(())
 }
 
-fn run_compare(args: CompareArgs) -> rewire::Result<()> {
+fn run_compare(mut args: CompareArgs) -> rewire::Result<()> {
     use rewire::train::compare;
+    args.run.tidy();
     // fail on the arguments before loading data or writing anything, not hours later
-    let mut kinds = Vec::with_capacity(args.methods.len());
+    let mut methods: Vec<&'static str> = Vec::with_capacity(args.methods.len());
     for m in &args.methods {
-        let kind = rewire::dst::MethodKind::parse(m)?;
-        if kinds.contains(&kind) {
+        let m = m.trim().to_ascii_lowercase();
+        if m == "dense" {
             return Err(rewire::Error::arg(
                 "methods",
-                format!("{m} is listed twice"),
+                "dense always runs first, as the baseline: list only sparse methods \
+                 (static, set, rigl, dsr, gmp, prune-finetune)",
             ));
         }
-        kinds.push(kind);
+        let name = rewire::dst::MethodKind::parse(&m)
+            .map_err(|_| {
+                rewire::Error::arg(
+                    "methods",
+                    format!("unknown method {m:?} (static, set, rigl, dsr, gmp, prune-finetune)"),
+                )
+            })?
+            .name();
+        if methods.contains(&name) {
+            return Err(rewire::Error::arg(
+                "methods",
+                format!("{name} is listed twice"),
+            ));
+        }
+        methods.push(name);
     }
     for (i, s) in args.sparsities.iter().enumerate() {
         // runs are named METHOD-SPARSITY: a repeat would overwrite the first one's files
@@ -896,28 +1081,22 @@ fn run_compare(args: CompareArgs) -> rewire::Result<()> {
             ));
         }
     }
-    if args.run.init.is_some() {
-        return Err(rewire::Error::arg(
-            "init",
-            "compare starts every method from its own initialisation; --init is for train",
-        ));
-    }
     let (pool, threads) = thread_pool(&args.run)?;
     let device = open_device(&args.run.device)?;
     let data = load_data(&args.run)?;
-    let mut runs = vec![("dense".to_string(), 0.0)];
+    let mut runs = vec![("dense", 0.0)];
     for &s in &args.sparsities {
-        for m in &args.methods {
-            runs.push((m.clone(), s));
+        for &m in &methods {
+            runs.push((m, s));
         }
     }
     // every run's settings, before the first one trains
-    for (method, sparsity) in &runs {
-        build(&args.run, method, *sparsity, &data.0, threads)?;
+    for &(method, sparsity) in &runs {
+        build(&args.run, method, sparsity, &data.0, threads)?;
     }
     std::fs::create_dir_all(&args.out).map_err(|e| rewire::Error::io(&args.out, e))?;
     let mut rows = Vec::new();
-    for (k, (method, sparsity)) in runs.iter().enumerate() {
+    for (k, &(method, sparsity)) in runs.iter().enumerate() {
         say!(
             "== run {}/{}: {method} at sparsity {sparsity}",
             k + 1,
@@ -928,11 +1107,12 @@ fn run_compare(args: CompareArgs) -> rewire::Result<()> {
         let save = args
             .save_models
             .then(|| args.out.join(format!("{method}-{sparsity}.safetensors")));
+        let prepared = prepare(&args.run, method, sparsity, None, &data.0, threads)?;
         let reports = pool.install(|| {
             run_one(
+                prepared,
                 &args.run,
                 method,
-                *sparsity,
                 &data,
                 threads,
                 device.as_ref(),
@@ -942,7 +1122,7 @@ fn run_compare(args: CompareArgs) -> rewire::Result<()> {
                 },
             )
         })?;
-        rows.push(compare::summarize(method, *sparsity, &reports)?);
+        rows.push(compare::summarize(method, sparsity, &reports)?);
         // rewrite the summaries after every run, so an interrupted comparison keeps them
         let mut partial = rows.clone();
         compare::relate_to_dense(&mut partial);
@@ -973,8 +1153,11 @@ fn run_compare(args: CompareArgs) -> rewire::Result<()> {
     Ok(())
 }
 
-fn run_eval(args: EvalArgs) -> rewire::Result<()> {
+fn run_eval(mut args: EvalArgs) -> rewire::Result<()> {
     use rewire::nn::{distribution::Distribution, Activation};
+    if let Some(d) = &mut args.dataset {
+        tidy(d);
+    }
     let file = rewire::io::ModelFile::read(&args.file)?;
     let meta = file.metadata();
     let get = |key: &str| {

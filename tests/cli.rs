@@ -458,3 +458,126 @@ fn outputs_survive_bad_arguments_closed_stdout_and_divergence() {
     );
     assert!(!Path::new(&diverged).exists());
 }
+
+#[test]
+fn logs_record_what_trains_and_init_must_agree_with_the_flags() {
+    let dir = scratch("init-and-records");
+    let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    let (sparse, dense, gmp_log) = (
+        path("sparse.safetensors"),
+        path("dense.safetensors"),
+        path("gmp.jsonl"),
+    );
+    let quick = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--dataset",
+            "synthetic",
+            "--model",
+            "mlp:16",
+            "--epochs",
+            "1",
+            "--max-steps",
+            "30",
+            "--no-progress",
+            "--threads",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        rewire(&args)
+    };
+    // names in any case, echoed in their canonical form
+    let out = quick(&["--method", " RigL", "--sparsity", "0.9", "--save", &sparse]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("method rigl "),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = quick(&["--method", "DENSE", "--save", &dense]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // a dense-to-sparse run records its target, not the dense start
+    let out = quick(&[
+        "--method",
+        "GMP",
+        "--sparsity",
+        "0.8",
+        "--delta-t",
+        "5",
+        "--log",
+        &gmp_log,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for r in reports(Path::new(&gmp_log)) {
+        assert_eq!(r["method"], "gmp");
+        assert_eq!(r["sparsity"], 0.8, "{r}");
+    }
+
+    // --init decides the storage: flags that disagree with the file are errors
+    fails_naming(&[
+        (
+            &[
+                "train",
+                "--dataset",
+                "synthetic",
+                "--model",
+                "mlp:16",
+                "--method",
+                "dense",
+                "--init",
+                &sparse,
+            ],
+            "holds a sparse model",
+        ),
+        (
+            &[
+                "train",
+                "--dataset",
+                "synthetic",
+                "--model",
+                "mlp:16",
+                "--method",
+                "static",
+                "--init",
+                &dense,
+            ],
+            "holds a dense model",
+        ),
+        (
+            &[
+                "train",
+                "--dataset",
+                "synthetic",
+                "--model",
+                "mlp:16",
+                "--method",
+                "static",
+                "--sparsity",
+                "0.5",
+                "--init",
+                &sparse,
+            ],
+            "disagrees with",
+        ),
+        (
+            &[
+                "compare",
+                "--dataset",
+                "synthetic",
+                "--model",
+                "mlp:16",
+                "--methods",
+                "dense,static",
+            ],
+            "dense always runs first",
+        ),
+    ]);
+    // without --sparsity the file's sparsity is taken and recorded
+    let init_log = path("init.jsonl");
+    let out = quick(&["--method", "static", "--init", &sparse, "--log", &init_log]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for r in reports(Path::new(&init_log)) {
+        assert_eq!(r["sparsity"], 0.9, "{r}");
+    }
+}
