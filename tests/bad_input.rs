@@ -182,6 +182,12 @@ fn sizes_beyond_u32_are_rejected() {
         matches!(err, Error::TooLarge { what: "ncols", .. }),
         "{err:?}"
     );
+    // a huge row count with no entries: an error before any allocation
+    let err = CsrPattern::full(1 << 40, 0).unwrap_err();
+    assert!(
+        matches!(err, Error::TooLarge { what: "nrows", .. }),
+        "{err:?}"
+    );
     let err = CsrPattern::full(1 << 17, 1 << 17).unwrap_err();
     assert!(
         matches!(err, Error::TooLarge { what: "nnz", .. }),
@@ -913,4 +919,30 @@ proptest! {
         let bp = BsrPattern::new(nrows, ncols, 1, 1, row_ptr, col_idx).unwrap();
         prop_assert_eq!(&bp.to_csr_pattern(), &p);
     }
+}
+
+#[test]
+fn entries_without_rows_leaky_slopes_and_reserved_metadata_are_errors() {
+    expect_err(skewed_row_nnz(0, 10, 5, 0.1, 0.5), &["0 rows"]);
+    assert_eq!(
+        skewed_row_nnz(0, 10, 0, 0.1, 0.5).unwrap(),
+        Vec::<usize>::new()
+    );
+    use rewire::nn::{Activation, Mlp, MlpConfig};
+    for slope in [f32::NAN, f32::INFINITY, 1e20, -0.5] {
+        let cfg = MlpConfig {
+            activation: Activation::LeakyRelu(slope),
+            ..MlpConfig::new(8, &[6], 3)
+        };
+        expect_err(Mlp::new(cfg).map(|_| ()), &["slope"]);
+    }
+    let m = Mlp::new(MlpConfig::new(8, &[6], 3)).unwrap();
+    let path = std::env::temp_dir().join(format!("rewire-meta-{}.safetensors", std::process::id()));
+    let meta =
+        std::collections::BTreeMap::from([("sparse:fc1.weight".to_string(), "1,2".to_string())]);
+    expect_err(
+        rewire::io::save(&path, &m, &meta),
+        &["reserved", "sparse:fc1.weight"],
+    );
+    assert!(!path.exists());
 }

@@ -546,3 +546,73 @@ fn rigl_threaded_scan_chooses_as_the_sequential_one() {
     let threaded = pool.install(|| run(Par::Rayon(3)));
     assert_eq!(seq, threaded);
 }
+
+#[test]
+fn rigl_update_with_a_stale_or_foreign_trace_is_an_error() {
+    let (data, _) = Dataset::synthetic(64, 32, 10, 3).split(48);
+    let mut m = model(1);
+    let mut opt = sgd(&m);
+    let mut rw = every_step(MethodKind::RigL, 0.3);
+    let mut tape = Tape::new(Par::Seq);
+    step(&mut m, &mut rw, &mut tape, &data, 1);
+    // the trace's nodes are not on a fresh tape
+    let err = rw
+        .update(1, &mut m, &mut opt, &Tape::new(Par::Seq))
+        .unwrap_err();
+    assert!(err.to_string().contains("another tape"), "{err}");
+    // a trace recorded on a model of other shapes
+    let mut other = Mlp::new(MlpConfig {
+        sparsity: 0.8,
+        ..MlpConfig::new(32, &[20, 40], 10)
+    })
+    .unwrap();
+    step(&mut other, &mut rw, &mut tape, &data, 2);
+    let err = rw.update(1, &mut m, &mut opt, &tape).unwrap_err();
+    assert!(err.to_string().contains("trace holds"), "{err}");
+}
+
+#[test]
+fn pruning_a_model_without_sparse_storage_is_an_error() {
+    use rewire::train::{train, Schedule, TrainConfig};
+    let (tr, te) = Dataset::synthetic(200, 32, 10, 8).split(150);
+    let mut m = Mlp::new(MlpConfig::new(32, &[16], 10)).unwrap();
+    let cfg = TrainConfig {
+        epochs: 2,
+        batch_size: 10,
+        lr: 0.05,
+        schedule: Schedule::Constant,
+        optimizer: OptimizerConfig::Sgd {
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 0.0,
+        },
+        seed: 1,
+        max_steps: None,
+        progress: false,
+        par: Par::Seq,
+        rewire: Some(RewireConfig {
+            delta_t: 5,
+            target_sparsity: 0.9,
+            ..RewireConfig::defaults(MethodKind::Gmp)
+        }),
+    };
+    let err = train(&mut m, &tr, &te, &cfg, |_| Ok(())).unwrap_err();
+    assert!(err.to_string().contains("sparse_storage"), "{err}");
+    // test data of another width is refused before the first epoch, not after it
+    let (_, wide) = Dataset::synthetic(200, 40, 10, 8).split(150);
+    let mut epochs = 0;
+    let cfg = TrainConfig {
+        rewire: None,
+        ..cfg
+    };
+    let err = train(&mut m, &tr, &wide, &cfg, |_| {
+        epochs += 1;
+        Ok(())
+    })
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("test data has 40 features"),
+        "{err}"
+    );
+    assert_eq!(epochs, 0);
+}

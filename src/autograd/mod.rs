@@ -355,17 +355,31 @@ impl Tape {
     }
 
     /// The value of a node.
+    ///
+    /// # Panics
+    /// If `v` is not a node of this tape (see [`Tape::contains`]).
     pub fn value(&self, v: Var) -> &[f32] {
         &self.nodes[v.0].value
     }
 
+    /// Whether `v` is a node of this tape (recorded since its last reset).
+    pub fn contains(&self, v: Var) -> bool {
+        v.0 < self.nodes.len()
+    }
+
     /// `(rows, cols)` of a node.
+    ///
+    /// # Panics
+    /// If `v` is not a node of this tape (see [`Tape::contains`]).
     pub fn dims(&self, v: Var) -> (usize, usize) {
         (self.nodes[v.0].rows, self.nodes[v.0].cols)
     }
 
     /// The gradient of the loss with respect to a node, after [`Tape::backward`], where
     /// the node requires one.
+    ///
+    /// # Panics
+    /// If `v` is not a node of this tape (see [`Tape::contains`]).
     pub fn grad(&self, v: Var) -> Option<&[f32]> {
         self.nodes[v.0].grad.as_deref()
     }

@@ -710,7 +710,7 @@ pub(super) fn run<N: DeviceNet>(
         total,
         batch,
         mut rewirer,
-    } = plan_run(&*model, train, cfg)?;
+    } = plan_run(&*model, train, test, cfg)?;
     if let Some(d) = [train, test].into_iter().find(|d| d.classes > classes) {
         return Err(Error::shape(
             "train",

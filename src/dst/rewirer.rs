@@ -625,12 +625,23 @@ impl GrowScores for TapeScores<'_> {
             .trace
             .get(layer)
             .ok_or_else(|| Error::Training("RigL update without a recorded forward pass".into()))?;
+        if !(tape.contains(x) && tape.contains(z)) {
+            return Err(Error::Training(
+                "RigL update with a trace recorded on another tape (or before its reset)".into(),
+            ));
+        }
         let dz = tape
             .grad(z)
             .ok_or_else(|| Error::Training("RigL update without retained gradients".into()))?;
-        let (_, n) = tape.dims(z);
-        let x = tape.value(x);
         let (out, fan_in) = (pattern.nrows(), pattern.ncols());
+        let ((z_rows, n), (x_rows, x_cols)) = (tape.dims(z), tape.dims(x));
+        if z_rows != out || x_rows != fan_in || x_cols != n {
+            return Err(Error::Training(format!(
+                "RigL update: weight layer {layer} is {out}×{fan_in} but its trace holds \
+                 X {x_rows}×{x_cols} and W·X {z_rows}×{n}"
+            )));
+        }
+        let x = tape.value(x);
         let flops = 2.0 * out as f64 * fan_in as f64 * n as f64;
         // rows per block: about 4 MiB of dense gradient at a time
         let rb = ((1 << 20) / fan_in.max(1)).clamp(1, out.max(1));

@@ -89,8 +89,17 @@ impl View for &Out {
 }
 
 /// Writes `model`'s parameters and buffers to `path` with `metadata` (the key `format`
-/// is reserved). The file appears under its name only once it is complete.
+/// and keys starting `sparse:` are reserved). The file appears under its name only once
+/// it is complete.
 pub fn save(path: &Path, model: &dyn Model, metadata: &BTreeMap<String, String>) -> Result<()> {
+    if let Some(key) = metadata.keys().find(|k| k.starts_with("sparse:")) {
+        return Err(Error::arg(
+            "metadata",
+            format!(
+                "the key {key:?} is reserved: keys starting \"sparse:\" describe sparse tensors"
+            ),
+        ));
+    }
     let mut tensors: BTreeMap<String, Out> = BTreeMap::new();
     let mut meta: HashMap<String, String> = metadata
         .iter()

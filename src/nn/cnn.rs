@@ -330,6 +330,7 @@ impl Cnn {
     /// kernel dims), a random pattern with exactly that many live weights (dense where
     /// the density is 1), values scaled for the live fan-in.
     pub fn new(config: CnnConfig) -> Result<Self> {
+        config.activation.validate()?;
         if !(0.0..1.0).contains(&config.dropout) {
             return Err(Error::arg(
                 "dropout",

@@ -39,6 +39,17 @@ impl Activation {
         }
     }
 
+    /// Checks a leaky ReLU's slope (in `[0, 1)`, as [`Activation::parse`] reads it).
+    pub fn validate(self) -> Result<()> {
+        match self {
+            Activation::LeakyRelu(a) if !(0.0..1.0).contains(&a) => Err(Error::arg(
+                "activation",
+                format!("a leaky ReLU's slope must lie in [0, 1), got {a}"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Gain of the uniform initialisation (He for ReLU-like, 5/3 for tanh, 1 for sigmoid).
     pub(crate) fn gain(self) -> f32 {
         match self {
@@ -149,6 +160,7 @@ impl Mlp {
         if config.inputs == 0 || config.classes == 0 || config.hidden.contains(&0) {
             return Err(Error::arg("model", "every layer needs at least one unit"));
         }
+        config.activation.validate()?;
         if !(0.0..1.0).contains(&config.dropout) {
             return Err(Error::arg(
                 "dropout",

@@ -142,6 +142,9 @@ impl CsrPattern {
 
     /// The fully dense pattern (every entry live).
     pub fn full(nrows: usize, ncols: usize) -> Result<Self> {
+        // before `row_ptr` is allocated: a huge row count is an error, not an abort
+        check_u32("nrows", nrows)?;
+        check_u32("ncols", ncols)?;
         check_u32("nnz", nrows.saturating_mul(ncols))?;
         let row_ptr = (0..=nrows).map(|i| (i * ncols) as u32).collect();
         let col_idx = (0..nrows).flat_map(|_| 0..ncols as u32).collect();

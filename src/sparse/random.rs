@@ -105,6 +105,12 @@ pub fn skewed_row_nnz(
             return Err(Error::arg(name, format!("must lie in [0, 1], got {f}")));
         }
     }
+    if nrows == 0 && nnz > 0 {
+        return Err(Error::arg(
+            "nnz",
+            format!("{nnz} entries cannot be spread over 0 rows"),
+        ));
+    }
     let heavy_rows = ((nrows as f64 * frac_rows).round() as usize).clamp(1, nrows.max(1));
     let light_rows = nrows - heavy_rows.min(nrows);
     let heavy_nnz = if light_rows == 0 {

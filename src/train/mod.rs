@@ -207,6 +207,30 @@ fn forward_batch(
     Ok(BatchForward { loss, correct })
 }
 
+/// An error where a minibatch of `batch` samples would not fit the memory available,
+/// counting per weight layer its input (a convolution's im2col matrix) and three
+/// activations of its output's size (the product, normalised and activated), twice with
+/// `grads` (a gradient of each): checked before the first step.
+fn check_batch_fits(model: &dyn Model, batch: usize, grads: bool) -> Result<()> {
+    let per_sample: u64 = model
+        .weight_layers()
+        .iter()
+        .map(|l| {
+            let s = l.shape;
+            let input = (s.fan_in as u64).saturating_mul((s.kh * s.kw) as u64);
+            (l.positions as u64).saturating_mul(input.saturating_add(3 * s.fan_out as u64))
+        })
+        .fold(0u64, u64::saturating_add);
+    let bytes = per_sample
+        .saturating_mul(batch as u64)
+        .saturating_mul(if grads { 8 } else { 4 });
+    crate::error::check_memory(
+        "batch_size",
+        format_args!("a minibatch of {batch} samples through this model"),
+        bytes,
+    )
+}
+
 /// Mean loss and accuracy of `model` on `data`.
 pub fn evaluate(
     model: &dyn Model,
@@ -216,6 +240,7 @@ pub fn evaluate(
 ) -> Result<(f64, f64)> {
     // no bigger than the data: a huge batch size asks for no huge buffer
     let batch_size = batch_size.clamp(1, data.n.max(1));
+    check_batch_fits(model, batch_size, false)?;
     let mut x = vec![0.0f32; data.dim * batch_size];
     let mut labels = vec![0u32; batch_size];
     let order: Vec<u32> = (0..data.n as u32).collect();
@@ -253,17 +278,41 @@ pub(crate) struct RunPlan {
 }
 
 /// Checks a run's settings against the model and data and plans its steps.
-pub(crate) fn plan_run(model: &dyn Model, train: &Dataset, cfg: &TrainConfig) -> Result<RunPlan> {
+pub(crate) fn plan_run(
+    model: &dyn Model,
+    train: &Dataset,
+    test: &Dataset,
+    cfg: &TrainConfig,
+) -> Result<RunPlan> {
     cfg.validate()?;
-    if train.dim != model.input_dim() {
-        return Err(Error::shape(
-            "train",
-            format!(
-                "the data has {} features but the model takes {}",
-                train.dim,
-                model.input_dim()
-            ),
-        ));
+    for (name, data) in [("train", train), ("test", test)] {
+        if data.dim != model.input_dim() {
+            return Err(Error::shape(
+                name,
+                format!(
+                    "the {name} data has {} features but the model takes {}",
+                    data.dim,
+                    model.input_dim()
+                ),
+            ));
+        }
+    }
+    if let Some(r) = cfg.rewire.as_ref().filter(|r| r.kind.is_dense_to_sparse()) {
+        let params = model.params();
+        let prunable = model
+            .weight_layers()
+            .iter()
+            .any(|l| params.get(l.weight).pattern().is_some());
+        if r.target_sparsity > 0.0 && !prunable {
+            return Err(Error::arg(
+                "sparse_storage",
+                format!(
+                    "{} prunes weights held in sparse storage, and every weight layer of \
+                     this model is stored dense: build it with `sparse_storage: true`",
+                    r.kind.name()
+                ),
+            ));
+        }
     }
     let steps_per_epoch = train.n.div_ceil(cfg.batch_size);
     let total = cfg
@@ -335,7 +384,8 @@ fn train_here(
         total,
         batch,
         mut rewirer,
-    } = plan_run(&*model, train, cfg)?;
+    } = plan_run(&*model, train, test, cfg)?;
+    check_batch_fits(&*model, batch, true)?;
     let mut opt = Optimizer::new(cfg.optimizer.clone(), model.params())?;
     let mut tape = Tape::new(cfg.par);
     let mut rng = seed_rng(cfg.seed ^ 0x5eed);
