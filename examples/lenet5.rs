@@ -5,6 +5,6 @@
 #[path = "common/cnn_example.rs"]
 mod cnn_example;
 
-fn main() -> rewire::Result<()> {
-    cnn_example::run("lenet5", rewire::data::DatasetName::Mnist, 0.01)
+fn main() -> std::process::ExitCode {
+    cnn_example::main("lenet5", rewire::data::DatasetName::Mnist, 0.01)
 }

@@ -6,6 +6,6 @@
 #[path = "common/cnn_example.rs"]
 mod cnn_example;
 
-fn main() -> rewire::Result<()> {
-    cnn_example::run("vgg-small", rewire::data::DatasetName::FashionMnist, 0.05)
+fn main() -> std::process::ExitCode {
+    cnn_example::main("vgg-small", rewire::data::DatasetName::FashionMnist, 0.05)
 }

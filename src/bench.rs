@@ -280,12 +280,80 @@ pub fn check_memory(cfg: &BenchConfig) -> Result<()> {
     crate::error::check_memory("m/k/n", what, host_bytes(cfg))
 }
 
+impl BenchConfig {
+    /// Checks that the configuration can run and times some work: every dimension at
+    /// least 1, at least one stored entry (block, for BSR), BSR blocks that tile the
+    /// matrix, an odd convolution kernel (same padding), the memory it needs. [`run`]
+    /// checks the same first; a caller planning a sweep can check it all before timing
+    /// any.
+    pub fn validate(&self) -> Result<()> {
+        if self.threads == 0 {
+            return Err(Error::arg("threads", "must be at least 1"));
+        }
+        for (name, v) in [("m", self.m), ("k", self.k), ("n", self.n)] {
+            if v == 0 {
+                return Err(Error::arg(
+                    name,
+                    "must be at least 1 (0 leaves nothing to time)",
+                ));
+            }
+        }
+        let stored = match self.kernel {
+            Kernel::Bsr => {
+                let bs = self.block;
+                if bs == 0 || !self.m.is_multiple_of(bs) || !self.k.is_multiple_of(bs) {
+                    return Err(Error::arg(
+                        "block",
+                        format!(
+                            "a {}×{} matrix does not divide into {bs}×{bs} blocks",
+                            self.m, self.k
+                        ),
+                    ));
+                }
+                nnz_for_sparsity(self.m / bs, self.k / bs, self.sparsity)?
+            }
+            Kernel::Conv => {
+                if self.image == 0 || self.ksize.is_multiple_of(2) {
+                    return Err(Error::arg(
+                        "conv",
+                        format!(
+                            "needs an image of at least 1×1 and an odd kernel side (same \
+                             padding), got image {} and kernel {}",
+                            self.image, self.ksize
+                        ),
+                    ));
+                }
+                nnz_for_sparsity(
+                    self.m,
+                    self.k.saturating_mul(self.ksize * self.ksize),
+                    self.sparsity,
+                )?
+            }
+            _ => nnz_for_sparsity(self.m, self.k, self.sparsity)?,
+        };
+        if stored == 0 {
+            return Err(Error::arg(
+                "sparsity",
+                format!(
+                    "{} leaves no stored {} in a {}×{} matrix: nothing to time",
+                    self.sparsity,
+                    if self.kernel == Kernel::Bsr {
+                        "block"
+                    } else {
+                        "entry"
+                    },
+                    self.m,
+                    self.k
+                ),
+            ));
+        }
+        check_memory(self)
+    }
+}
+
 /// Runs one configuration on a pool of `cfg.threads` threads.
 pub fn run(cfg: &BenchConfig) -> Result<BenchResult> {
-    if cfg.threads == 0 {
-        return Err(Error::arg("threads", "must be at least 1"));
-    }
-    check_memory(cfg)?;
+    cfg.validate()?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(cfg.threads)
         .build()

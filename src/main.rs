@@ -31,8 +31,9 @@ enum Command {
     /// Time a sparse kernel against dense `gemm` on the same shape, in the same run.
     ///
     /// With no shape flags it runs the default sweep (M = K in {1024, 4096}, N in {1, 128},
-    /// sparsity in {0.5, 0.8, 0.9, 0.95, 0.98, 0.99}). Flags that take lists (comma
-    /// separated) run every combination.
+    /// sparsity in {0.5, 0.8, 0.9, 0.95, 0.98, 0.99}; for conv, 64 → 64 channels, batch
+    /// 64, at those sparsities). Flags that take lists (comma separated) run every
+    /// combination; every configuration is checked before the first is timed.
     Bench(BenchArgs),
     /// Train a model (an MLP, LeNet-5 or vgg-small) on MNIST / Fashion-MNIST (or generated
     /// data), dense or sparse under a method (static, SET, RigL, DSR, GMP,
@@ -304,7 +305,7 @@ struct BenchArgs {
     /// conv: image height and width
     #[arg(long, default_value_t = 28)]
     image: usize,
-    /// conv: kernel side (same padding)
+    /// conv: kernel side, odd (same padding)
     #[arg(long, default_value_t = 3)]
     ksize: usize,
 }
@@ -338,6 +339,11 @@ fn flag_of(name: &str) -> Option<&'static str> {
     Some(match name {
         "sparsity" | "target_sparsity" => "--sparsity / --sparsities",
         "method" => "--method",
+        "m" => "--m",
+        "k" => "--k",
+        "n" => "--n",
+        "block" => "--block",
+        "conv" => "--image / --ksize",
         "methods" => "--methods",
         "init" => "--init",
         "drop_fraction" => "--drop-fraction",
@@ -424,9 +430,13 @@ fn run_bench(args: BenchArgs) -> rewire::Result<()> {
         }
         out
     };
+    // every configuration, before the first is timed
+    for cfg in &configs {
+        cfg.validate()?;
+    }
     let device = open_device(&args.device)?;
     if !args.json {
-        say!("{}", bench::table_header());
+        emit(&bench::table_header())?;
     }
     for cfg in &configs {
         let r = match &device {
@@ -437,18 +447,34 @@ fn run_bench(args: BenchArgs) -> rewire::Result<()> {
             Some(never) => match *never {},
         };
         if args.json {
-            say!("{}", serde_json::to_string(&r).expect("results serialise"));
+            emit(&serde_json::to_string(&r).expect("results serialise"))?;
         } else {
-            say!("{}", bench::table_row(&r));
+            emit(&bench::table_row(&r))?;
         }
     }
     if !args.json {
-        say!(
-            "speedup = dense ms / sparse ms; GF_ratio = sparse GFLOP/s (2·nnz·N/t) ÷ dense GFLOP/s (2·M·K·N/t); {} thread(s)",
+        let flops = match base.kernel {
+            Kernel::Conv => "three products of the forward and backward pass",
+            _ => "sparse 2·nnz·N/t, dense 2·M·K·N/t",
+        };
+        emit(&format!(
+            "speedup = dense ms / sparse ms; GF_ratio = sparse GFLOP/s ÷ dense GFLOP/s ({flops}); {} thread(s)",
             base.threads
-        );
+        ))?;
     }
     Ok(())
+}
+
+/// Prints a line of results: a failed write (a full disk) is an error, as the results
+/// are what the command is for; a closed pipe (`| head`) ends the output quietly.
+fn emit(line: &str) -> rewire::Result<()> {
+    use std::io::Write as _;
+    match writeln!(std::io::stdout().lock(), "{line}") {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(rewire::Error::io(std::path::Path::new("<stdout>"), e))
+        }
+        _ => Ok(()),
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -778,6 +804,16 @@ fn prepare(
     if let Some(init) = init {
         let path = init.path;
         rewire::io::load_into(path, built.model_mut())?;
+        if prunes_to.is_some() {
+            // the file's dense weights go into sparse storage, where pruning works
+            let model = built.model_mut();
+            for layer in model.weight_layers() {
+                model
+                    .params_mut()
+                    .get_mut(layer.weight)
+                    .to_sparse_storage()?;
+            }
+        }
         let m = built.model();
         let (live, dense) = (m.live_weights(), m.dense_weights());
         let file_sparsity = 1.0 - live as f64 / dense.max(1) as f64;

@@ -73,8 +73,19 @@ fn bad_arguments_are_errors_that_name_the_problem() {
             "sparsity",
         ),
         (&["bench", "nope"], "nope"),
+        (&["bench", "spmm", "--m", "64", "--n", "0"], "at least 1"),
+        (
+            &["bench", "spmm", "--m", "64", "--sparsity", "1"],
+            "nothing to time",
+        ),
+        (&["bench", "conv", "--ksize", "2"], "odd kernel side"),
     ];
     fails_naming(cases);
+    // a sweep is checked whole before its first configuration is timed
+    let out = rewire(&["bench", "bsr", "--m", "64,63", "--min-time-ms", "1"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("63×63"), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
 }
 
 /// Each command fails, without a panic, with `needle` in its error output.
@@ -573,6 +584,27 @@ fn logs_record_what_trains_and_init_must_agree_with_the_flags() {
             "dense always runs first",
         ),
     ]);
+    // a dense-to-sparse method prunes a dense file to its target
+    let pruned_log = path("pruned.jsonl");
+    let out = quick(&[
+        "--method",
+        "gmp",
+        "--sparsity",
+        "0.8",
+        "--delta-t",
+        "5",
+        "--init",
+        &dense,
+        "--log",
+        &pruned_log,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let last = reports(Path::new(&pruned_log)).pop().unwrap();
+    let (live, all) = (
+        last["report"]["live_weights"].as_f64().unwrap(),
+        last["report"]["dense_weights"].as_f64().unwrap(),
+    );
+    assert!((live / all - 0.2).abs() < 0.01, "{last}");
     // without --sparsity the file's sparsity is taken and recorded
     let init_log = path("init.jsonl");
     let out = quick(&["--method", "static", "--init", &sparse, "--log", &init_log]);

@@ -8,32 +8,63 @@ use rewire::nn::{Cnn, CnnConfig, Model};
 use rewire::optim::OptimizerConfig;
 use rewire::train::{train, Schedule, TrainConfig};
 
-/// Arguments: `[method] [sparsity] [epochs]` (defaults: rigl, 0.9, 3).
+/// Runs [`run`] and turns its error into a message and a failing exit status.
+pub fn main(model: &str, dataset: DatasetName, lr: f32) -> std::process::ExitCode {
+    match run(model, dataset, lr) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Arguments: `[method] [sparsity] [epochs]` (defaults: rigl, 0.9, 3); `dense` trains the
+/// dense baseline.
 pub fn run(model: &str, dataset: DatasetName, lr: f32) -> rewire::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let method = args.first().map_or("rigl", String::as_str);
-    let sparsity: f64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(0.9);
-    let epochs: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3);
-    let splits = match data::load(dataset, std::path::Path::new("data")) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{e}\nfetch the datasets first: scripts/fetch-data.sh");
-            return Ok(());
-        }
+    let method = args
+        .first()
+        .map_or("rigl", String::as_str)
+        .to_ascii_lowercase();
+    let sparsity: f64 = match args.get(1) {
+        None => 0.9,
+        Some(s) => s.parse().map_err(|_| {
+            rewire::Error::arg(
+                "sparsity",
+                format!("expected a number such as 0.9, got {s:?}"),
+            )
+        })?,
     };
-    let kind = MethodKind::parse(method)?;
+    let epochs: usize = match args.get(2) {
+        None => 3,
+        Some(s) => s.parse().map_err(|_| {
+            rewire::Error::arg("epochs", format!("expected a whole number, got {s:?}"))
+        })?,
+    };
+    let splits = data::load(dataset, std::path::Path::new("data")).inspect_err(|_| {
+        eprintln!("(fetch the datasets first: scripts/fetch-data.sh)");
+    })?;
+    // `None`: the dense baseline
+    let kind = match method.as_str() {
+        "dense" => None,
+        m => Some(MethodKind::parse(m)?),
+    };
+    let to_prune = kind.is_some_and(MethodKind::is_dense_to_sparse);
     let mut config = CnnConfig::named(model, [1, 28, 28], splits.train.classes)?;
-    config.sparsity = if kind.is_dense_to_sparse() {
+    config.sparsity = if kind.is_none() || to_prune {
         0.0
     } else {
         sparsity
     };
-    config.sparse_storage = kind.is_dense_to_sparse();
+    config.sparse_storage = to_prune;
     let mut net = Cnn::new(config)?;
-    let rewire = RewireConfig {
-        target_sparsity: sparsity,
-        ..RewireConfig::defaults(kind)
-    };
+    let rewire = kind
+        .filter(|&k| k != MethodKind::Static)
+        .map(|k| RewireConfig {
+            target_sparsity: sparsity,
+            ..RewireConfig::defaults(k)
+        });
     let cfg = TrainConfig {
         epochs,
         batch_size: 128,
@@ -48,10 +79,15 @@ pub fn run(model: &str, dataset: DatasetName, lr: f32) -> rewire::Result<()> {
         max_steps: None,
         progress: true,
         par: Par::current(),
-        rewire: (kind != MethodKind::Static).then_some(rewire),
+        rewire,
     };
     println!(
-        "{model} on {dataset:?}, {method} at sparsity {sparsity}: {} of {} weights live",
+        "{model} on {dataset:?}, {method}{}: {} of {} weights live",
+        if kind.is_some() {
+            format!(" at sparsity {sparsity}")
+        } else {
+            String::new()
+        },
         net.live_weights(),
         net.dense_weights()
     );

@@ -21,7 +21,7 @@ pub fn run(cfg: &BenchConfig, dev: &CudaDevice) -> Result<BenchResult> {
             "the conv benchmark runs on the CPU only (there is no GPU conv benchmark yet)",
         ));
     }
-    crate::bench::check_memory(cfg)?;
+    cfg.validate()?;
     let (m, k, n) = (cfg.m, cfg.k, cfg.n);
     let Operands {
         nnz,

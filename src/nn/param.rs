@@ -115,6 +115,25 @@ impl Param {
         Ok(())
     }
 
+    /// Moves a dense matrix into sparse storage with every entry live (the full pattern;
+    /// values and their row-major order unchanged), so that a dense-to-sparse method can
+    /// prune it. Sparse parameters stay as they are; a vector is an error.
+    pub fn to_sparse_storage(&mut self) -> Result<()> {
+        match self.shape {
+            ParamShape::Sparse { .. } => Ok(()),
+            ParamShape::Dense { rows, cols } => {
+                self.shape = ParamShape::Sparse {
+                    pattern: Arc::new(CsrPattern::full(rows, cols)?),
+                };
+                Ok(())
+            }
+            ParamShape::Vector { .. } => Err(crate::Error::arg(
+                "param",
+                format!("{} is a vector, not a matrix", self.name),
+            )),
+        }
+    }
+
     /// Live weights: stored values.
     pub fn live(&self) -> usize {
         self.value.len()

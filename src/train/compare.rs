@@ -67,11 +67,11 @@ pub fn relate_to_dense(rows: &mut [CompareRow]) {
     }
 }
 
-/// The rows as an aligned text table.
+/// The rows as an aligned text table; its last line says what the FLOPs column counts.
 pub fn table(rows: &[CompareRow]) -> String {
     let mut out = format!(
         "{:<14} {:>8} {:>9} {:>8} {:>9} {:>8} {:>12} {:>12}\n",
-        "method", "sparsity", "test acc", "Δ dense", "epoch s", "speedup", "live", "train FLOPs"
+        "method", "sparsity", "test acc", "Δ dense", "epoch s", "speedup", "live", "run FLOPs"
     );
     for r in rows {
         out.push_str(&format!(
@@ -86,6 +86,9 @@ pub fn table(rows: &[CompareRow]) -> String {
             r.train_flops
         ));
     }
+    out.push_str(
+        "(run FLOPs: training FLOPs summed over all epochs; each run's log has them per epoch)\n",
+    );
     out
 }
 
