@@ -679,6 +679,15 @@ fn build(
             format!("must lie in [0, 1), got {sparsity}"),
         ));
     }
+    // the rewiring flags are checked whatever the method: a value out of range is an
+    // error, not silently ignored because this method does not use it
+    RewireConfig {
+        delta_t: run.delta_t,
+        drop_fraction: run.drop_fraction,
+        end_fraction: run.t_end.unwrap_or(0.75),
+        ..RewireConfig::defaults(MethodKind::RigL)
+    }
+    .validate()?;
     let (sparsity, rewire_cfg) = if method == "dense" {
         (0.0, None)
     } else {

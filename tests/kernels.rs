@@ -1145,3 +1145,63 @@ fn aligned_buffers() {
     assert_eq!(z.as_ptr() as usize % 64, 0);
     assert_eq!(aligned_zeros(0).len(), 0);
 }
+
+/// One kernel call writing into its output with the given mode.
+type KernelRun<'a> = dyn Fn(&mut [f32], Accum) + 'a;
+
+/// `Accum::Add(0.0)` is `Replace` in every kernel (BLAS's β = 0): a NaN left in the
+/// destination is not read.
+#[test]
+fn add_with_beta_zero_does_not_read_the_destination() {
+    let (m, k, n) = (16, 24, 9);
+    let p = rng_pattern(m, k, 0.3, 5);
+    let values: Vec<f32> = (0..p.nnz()).map(|i| (i % 7) as f32 - 3.0).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.5).collect();
+    let bt: Vec<f32> = (0..m * n).map(|i| (i % 3) as f32 - 1.0).collect();
+    let dense = rewire::sparse::Csr::new(Arc::new(p.clone()), &values)
+        .unwrap()
+        .to_dense();
+    let bp = BsrPattern::random(2, 3, 8, 8, 3, &mut rewire::sparse::seed_rng(1)).unwrap();
+    let bvals: Vec<f32> = (0..bp.nnz()).map(|i| (i % 9) as f32 - 4.0).collect();
+    for par in [Par::Seq, Par::Rayon(2)] {
+        // each kernel writes its output twice: over NaN with Add(0.0), over zeros with Replace
+        let mut runs: Vec<(&str, Box<KernelRun>, usize)> = vec![
+            (
+                "spmm",
+                Box::new(|c: &mut [f32], a| spmm(c, &p, &values, &b, n, 1.0, a, par).unwrap()),
+                m * n,
+            ),
+            (
+                "spmm_t",
+                Box::new(|c: &mut [f32], a| spmm_t(c, &p, &values, &bt, n, 1.0, a, par).unwrap()),
+                k * n,
+            ),
+            (
+                "sddmm",
+                Box::new(|c: &mut [f32], a| {
+                    let r: Vec<f32> = b.clone();
+                    sddmm(c, &p, &bt, &r, n, 1.0, a, par).unwrap()
+                }),
+                p.nnz(),
+            ),
+            (
+                "gemm",
+                Box::new(|c: &mut [f32], a| gemm(c, &dense, &b, m, k, n, 1.0, a, par).unwrap()),
+                m * n,
+            ),
+            (
+                "bsr_spmm",
+                Box::new(|c: &mut [f32], a| bsr_spmm(c, &bp, &bvals, &b, n, 1.0, a, par).unwrap()),
+                m * n,
+            ),
+        ];
+        for (name, run, len) in runs.drain(..) {
+            let mut over_nan = vec![f32::NAN; len];
+            run(&mut over_nan, Accum::Add(0.0));
+            let mut fresh = vec![0.0; len];
+            run(&mut fresh, Accum::Replace);
+            assert!(over_nan.iter().all(|v| v.is_finite()), "{name}: NaN read");
+            assert_eq!(over_nan, fresh, "{name}");
+        }
+    }
+}

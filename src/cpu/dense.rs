@@ -54,8 +54,8 @@ pub fn gemm_ex(
     }
     if k == 0 {
         match accum {
-            Accum::Replace => c.fill(0.0),
-            Accum::Add(beta) => c.iter_mut().for_each(|x| *x *= beta),
+            Accum::Add(beta) if beta != 0.0 => c.iter_mut().for_each(|x| *x *= beta),
+            _ => c.fill(0.0),
         }
         return Ok(());
     }
@@ -67,8 +67,8 @@ pub fn gemm_ex(
     let (a_rs, a_cs) = strides(ta, m, k);
     let (b_rs, b_cs) = strides(tb, k, n);
     let (read_dst, beta) = match accum {
-        Accum::Replace => (false, 0.0),
-        Accum::Add(beta) => (true, beta),
+        Accum::Add(beta) if beta != 0.0 => (true, beta),
+        _ => (false, 0.0),
     };
     let parallelism = match par {
         Par::Seq => gemm::Parallelism::None,

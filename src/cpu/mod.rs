@@ -68,7 +68,8 @@ impl Par {
 pub enum Accum {
     /// `dst = α·op`; `dst` is never read (it may hold NaN).
     Replace,
-    /// `dst = α·op + β·dst`.
+    /// `dst = α·op + β·dst`; with `β = 0` it is `Replace` (`dst` not read, as in BLAS),
+    /// in every kernel.
     Add(f32),
 }
 

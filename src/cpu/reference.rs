@@ -6,8 +6,8 @@ use crate::sparse::{BsrPattern, CsrPattern};
 
 fn put(dst: &mut f32, acc: f64, alpha: f32, accum: Accum) {
     *dst = match accum {
-        Accum::Replace => (alpha as f64 * acc) as f32,
-        Accum::Add(beta) => (alpha as f64 * acc + beta as f64 * *dst as f64) as f32,
+        Accum::Add(beta) if beta != 0.0 => (alpha as f64 * acc + beta as f64 * *dst as f64) as f32,
+        _ => (alpha as f64 * acc) as f32,
     };
 }
 

@@ -23,8 +23,10 @@ pub(crate) unsafe fn store(p: *mut f32, v: f32x8) {
 #[inline(always)]
 pub(crate) unsafe fn finish8(dst: *mut f32, acc: f32x8, alpha: f32, accum: Accum) {
     let out = match accum {
-        Accum::Replace => acc * f32x8::splat(alpha),
-        Accum::Add(beta) => acc.mul_add(f32x8::splat(alpha), load(dst) * f32x8::splat(beta)),
+        Accum::Add(beta) if beta != 0.0 => {
+            acc.mul_add(f32x8::splat(alpha), load(dst) * f32x8::splat(beta))
+        }
+        _ => acc * f32x8::splat(alpha),
     };
     store(dst, out);
 }
@@ -33,8 +35,8 @@ pub(crate) unsafe fn finish8(dst: *mut f32, acc: f32x8, alpha: f32, accum: Accum
 #[inline(always)]
 pub(crate) fn finish1(dst: &mut f32, acc: f32, alpha: f32, accum: Accum) {
     *dst = match accum {
-        Accum::Replace => alpha * acc,
-        Accum::Add(beta) => alpha * acc + beta * *dst,
+        Accum::Add(beta) if beta != 0.0 => alpha * acc + beta * *dst,
+        _ => alpha * acc,
     };
 }
 
