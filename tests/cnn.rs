@@ -390,3 +390,25 @@ fn same_seed_same_cnn_run() {
     };
     assert_eq!(run(), run());
 }
+
+/// Sizes whose products overflow (or pass the kernels' u32 indices) are errors from
+/// `Cnn::new`, in debug builds (no overflow panic) and release builds (no wrap-around).
+#[test]
+fn huge_geometries_are_errors_not_overflows() {
+    let huge_input = CnnConfig::new([1 << 22; 3], vec![], 10);
+    assert!(Cnn::new(huge_input).is_err());
+    let huge_pad = CnnConfig::new(
+        [1, 28, 28],
+        vec![CnnLayer::Conv {
+            out: 4,
+            k: 3,
+            stride: 1,
+            pad: usize::MAX / 2,
+        }],
+        10,
+    );
+    let err = Cnn::new(huge_pad)
+        .err()
+        .expect("a pad of usize::MAX / 2 is refused");
+    assert!(err.to_string().contains("u32"), "{err}");
+}

@@ -45,6 +45,27 @@ impl Conv2dGeom {
                 format!("channels, kernel and stride must be positive: {self:?}"),
             ));
         }
+        // every size the layer derives must fit the kernels' u32 indices
+        let padded = |side: usize| self.pad.checked_mul(2).and_then(|p| p.checked_add(side));
+        let fits = |v: Option<usize>| v.is_some_and(|v| v <= u32::MAX as usize);
+        if !(fits(padded(self.h))
+            && fits(padded(self.w))
+            && fits(
+                self.channels
+                    .checked_mul(self.kh)
+                    .and_then(|v| v.checked_mul(self.kw)),
+            )
+            && fits(
+                self.channels
+                    .checked_mul(self.h)
+                    .and_then(|v| v.checked_mul(self.w)),
+            ))
+        {
+            return Err(Error::arg(
+                "conv2d",
+                format!("sizes beyond the u32 range of the kernels' indices: {self:?}"),
+            ));
+        }
         if self.kh > self.h + 2 * self.pad || self.kw > self.w + 2 * self.pad {
             return Err(Error::shape(
                 "conv2d",
@@ -57,12 +78,17 @@ impl Conv2dGeom {
         Ok(())
     }
     /// Output height.
+    /// (Meaningful for a geometry that [`Conv2dGeom::validate`] accepts.)
     pub fn out_h(&self) -> usize {
-        (self.h + 2 * self.pad - self.kh) / self.stride + 1
+        (self.h.saturating_add(self.pad.saturating_mul(2))).saturating_sub(self.kh)
+            / self.stride.max(1)
+            + 1
     }
-    /// Output width.
+    /// Output width (meaningful for a geometry that [`Conv2dGeom::validate`] accepts).
     pub fn out_w(&self) -> usize {
-        (self.w + 2 * self.pad - self.kw) / self.stride + 1
+        (self.w.saturating_add(self.pad.saturating_mul(2))).saturating_sub(self.kw)
+            / self.stride.max(1)
+            + 1
     }
     /// Rows of the im2col matrix: `channels·kh·kw`.
     pub fn patch_len(&self) -> usize {
@@ -97,12 +123,13 @@ impl Pool2dGeom {
         Ok(())
     }
     /// Output height.
+    /// (Meaningful for a geometry that [`Pool2dGeom::validate`] accepts.)
     pub fn out_h(&self) -> usize {
-        (self.h - self.k) / self.stride + 1
+        self.h.saturating_sub(self.k) / self.stride.max(1) + 1
     }
-    /// Output width.
+    /// Output width (meaningful for a geometry that [`Pool2dGeom::validate`] accepts).
     pub fn out_w(&self) -> usize {
-        (self.w - self.k) / self.stride + 1
+        self.w.saturating_sub(self.k) / self.stride.max(1) + 1
     }
 }
 

@@ -177,9 +177,21 @@ impl CnnConfig {
                 ),
             ));
         }
+        // sizes as products that must not overflow
+        let size = |dims: [usize; 3]| -> Result<usize> {
+            dims.iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+                .filter(|&v| v <= u32::MAX as usize)
+                .ok_or_else(|| {
+                    Error::arg(
+                        "model",
+                        format!("a feature map of {dims:?} is beyond the kernels' u32 indices"),
+                    )
+                })
+        };
         // (channels, h, w) while images, None once flattened
         let mut image = Some((c0, h0, w0));
-        let mut features = c0 * h0 * w0;
+        let mut features = size([c0, h0, w0])?;
         let mut out = Vec::new();
         let body = self.layers.iter().copied();
         for layer in body.chain(std::iter::once(CnnLayer::Linear { out: self.classes })) {
@@ -207,7 +219,7 @@ impl CnnConfig {
                         return Err(Error::arg("model", "a convolution needs output channels"));
                     }
                     image = Some((o, geom.out_h(), geom.out_w()));
-                    features = o * geom.out_h() * geom.out_w();
+                    features = size([o, geom.out_h(), geom.out_w()])?;
                     out.push(Planned::Conv { geom, out: o });
                 }
                 CnnLayer::MaxPool { k, stride } | CnnLayer::AvgPool { k, stride } => {
@@ -223,7 +235,7 @@ impl CnnConfig {
                     };
                     geom.validate()?;
                     image = Some((c, geom.out_h(), geom.out_w()));
-                    features = c * geom.out_h() * geom.out_w();
+                    features = size([c, geom.out_h(), geom.out_w()])?;
                     let kind = if matches!(layer, CnnLayer::MaxPool { .. }) {
                         PoolKind::Max
                     } else {
