@@ -1084,12 +1084,13 @@ fn zip_map(par: Par, a: &mut [f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Syn
 }
 
 /// For each column of a `[classes × batch]` matrix, the row holding its largest value.
-pub fn argmax_cols(values: &[f32], rows: usize, cols: usize) -> Vec<u32> {
-    (0..cols)
+pub fn argmax_cols(values: &[f32], rows: usize, cols: usize) -> Result<Vec<u32>> {
+    crate::error::check_dims("argmax_cols values", rows, cols, values.len())?;
+    Ok((0..cols)
         .map(|j| {
             (0..rows)
                 .max_by(|&a, &b| values[a * cols + j].total_cmp(&values[b * cols + j]))
                 .unwrap_or(0) as u32
         })
-        .collect()
+        .collect())
 }

@@ -1,5 +1,9 @@
 //! Scalar reference implementations: the test oracles of the SIMD kernels. Written for
 //! clarity, accumulating in `f64`; never used on a hot path.
+//!
+//! Unlike the kernels they check, they do not validate operand lengths: each expects
+//! the lengths its kernel checks, and panics (on an out-of-range index) where an
+//! operand is too short. A longer output is written only in its leading part.
 
 use super::Accum;
 use crate::sparse::{BsrPattern, CsrPattern};

@@ -612,13 +612,13 @@ fn forward_batch<N: DeviceNet>(
 }
 
 /// How many of the `b` samples have their label as the arg-max logit.
-fn count_correct(logits: &[f32], labels: &[u32], b: usize) -> usize {
+fn count_correct(logits: &[f32], labels: &[u32], b: usize) -> Result<usize> {
     let classes = logits.len() / b.max(1);
-    argmax_cols(logits, classes, b)
+    Ok(argmax_cols(logits, classes, b)?
         .iter()
         .zip(&labels[..b])
         .filter(|(p, l)| p == l)
-        .count()
+        .count())
 }
 
 /// Mean loss and accuracy of the device model on `data`.
@@ -647,7 +647,7 @@ fn evaluate<N: DeviceNet>(
             &mut rng,
         )?;
         loss_sum += losses.iter().map(|&v| v as f64).sum::<f64>();
-        correct += count_correct(&logits, &labels, chunk.len());
+        correct += count_correct(&logits, &labels, chunk.len())?;
     }
     let n = data.n.max(1) as f64;
     Ok((loss_sum / n, correct as f64 / n))
@@ -775,7 +775,7 @@ pub(super) fn run<N: DeviceNet>(
                     epoch + 1
                 )));
             }
-            correct += count_correct(&logits, &labels, b);
+            correct += count_correct(&logits, &labels, b)?;
             gpu.backward(bi, model)?;
             lr = cfg.schedule.lr(cfg.lr, step, total, steps_per_epoch);
             match rewirer.as_mut() {

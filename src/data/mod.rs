@@ -383,12 +383,14 @@ impl Dataset {
     /// same distribution, e.g. from [`Dataset::synthetic`]).
     pub fn split(&self, n: usize) -> (Dataset, Dataset) {
         let n = n.min(self.n);
+        // clamped, so that an inconsistent hand-built dataset gives short parts (that
+        // `fill_batch` and `train` then reject by length) rather than a panic
         let rest = Dataset {
             n: self.n - n,
             dim: self.dim,
             classes: self.classes,
-            images: self.images[n * self.dim..].to_vec(),
-            labels: self.labels[n..].to_vec(),
+            images: self.images[(n * self.dim).min(self.images.len())..].to_vec(),
+            labels: self.labels[n.min(self.labels.len())..].to_vec(),
         };
         (self.subset(n), rest)
     }

@@ -181,10 +181,16 @@ impl CsrPattern {
         &self.col_idx
     }
     /// The column indices of row `i`.
+    ///
+    /// # Panics
+    /// If `i >= nrows()`, as slice indexing does.
     pub fn row(&self, i: usize) -> &[u32] {
         &self.col_idx[self.row_ptr[i] as usize..self.row_ptr[i + 1] as usize]
     }
     /// The entry range of row `i`.
+    ///
+    /// # Panics
+    /// If `i >= nrows()`, as slice indexing does.
     pub fn row_range(&self, i: usize) -> std::ops::Range<usize> {
         self.row_ptr[i] as usize..self.row_ptr[i + 1] as usize
     }

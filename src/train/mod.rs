@@ -107,6 +107,30 @@ pub struct TrainConfig {
     pub rewire: Option<RewireConfig>,
 }
 
+impl Default for TrainConfig {
+    /// The command line's defaults: 10 epochs of batch 128, SGD with momentum 0.9 and no
+    /// weight decay, learning rate 0.05 with cosine decay, seed 0, no progress bar, the
+    /// current rayon pool's threads, static sparse (no rewiring).
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 10,
+            batch_size: 128,
+            lr: 0.05,
+            schedule: Schedule::Cosine { warmup_epochs: 0 },
+            optimizer: OptimizerConfig::Sgd {
+                momentum: 0.9,
+                nesterov: false,
+                weight_decay: 0.0,
+            },
+            seed: 0,
+            max_steps: None,
+            progress: false,
+            par: Par::current(),
+            rewire: None,
+        }
+    }
+}
+
 impl TrainConfig {
     /// Checks the settings that depend on neither model nor data: batch size, learning
     /// rate, optimizer and rewiring hyper-parameters. [`train`] checks them first; a
@@ -198,7 +222,7 @@ fn forward_batch(
     let logits = model.forward_traced(tape, xv, train, rng, trace)?;
     let loss = tape.softmax_cross_entropy(logits, &labels[..b])?;
     let (c, _) = tape.dims(logits);
-    let pred = argmax_cols(tape.value(logits), c, b);
+    let pred = argmax_cols(tape.value(logits), c, b)?;
     let correct = pred
         .iter()
         .zip(&labels[..b])
