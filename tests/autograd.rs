@@ -694,3 +694,50 @@ fn conv_ops_reject_bad_geometry() {
     assert!(tape.pool2d(x, pool, PoolKind::Max).is_err());
     assert!(tape.reshape(x, 4, 4).is_err());
 }
+
+/// Ops with an id not in the store, and a backward pass into a store other than the one
+/// the forward pass read (or after the pattern was edited), are errors, not panics or
+/// gradients of the wrong weights.
+#[test]
+fn parameters_are_checked_between_forward_and_backward() {
+    use rewire::nn::{Mlp, MlpConfig, Model};
+    let mut tape = Tape::new(Par::Seq);
+    let x = tape.input(&[1.0; 8 * 2], 8, 2, false).unwrap();
+    assert!(tape.linear(&ParamStore::new(), x, ParamId(3)).is_err());
+    assert!(tape.bias_add(&ParamStore::new(), x, ParamId(0)).is_err());
+
+    let model = |hidden: usize| {
+        Mlp::new(MlpConfig {
+            sparsity: 0.5,
+            ..MlpConfig::new(8, &[hidden], 3)
+        })
+        .unwrap()
+    };
+    let (a, mut b) = (model(6), model(5));
+    let forward = |tape: &mut Tape, m: &Mlp| {
+        tape.reset();
+        let x = tape.input(&[0.5; 8 * 2], 8, 2, false).unwrap();
+        let logits = m
+            .forward(tape, x, true, &mut rewire::sparse::seed_rng(0))
+            .unwrap();
+        tape.softmax_cross_entropy(logits, &[0, 2]).unwrap()
+    };
+    let loss = forward(&mut tape, &a);
+    let err = tape.backward(loss, &mut b.params).unwrap_err();
+    assert!(err.to_string().contains("forward pass read"), "{err}");
+    assert!(tape.backward(loss, &mut ParamStore::new()).is_err());
+
+    // the same store, its first pattern replaced after the forward pass
+    let mut a = a;
+    let loss = forward(&mut tape, &a);
+    let w = a.weight_layers()[0].weight;
+    let same = a.params.get(w).pattern().unwrap().as_ref().clone();
+    a.params
+        .get_mut(w)
+        .set_pattern(std::sync::Arc::new(same), 0.0)
+        .unwrap();
+    assert!(tape.backward(loss, &mut a.params).is_err());
+    // recorded again, it goes through
+    let loss = forward(&mut tape, &a);
+    tape.backward(loss, &mut a.params).unwrap();
+}

@@ -315,7 +315,10 @@ impl Tape {
             let node = self.check_var(x)?;
             (node.rows, node.cols, node.requires_grad)
         };
-        let (g, b) = (&params.get(gamma).value, &params.get(beta).value);
+        let (g, b) = (
+            &self.use_param(params, gamma)?.value,
+            &self.use_param(params, beta)?.value,
+        );
         check_len("batch norm gamma", rows, g.len())?;
         check_len("batch norm beta", rows, b.len())?;
         if eps.is_nan() || eps <= 0.0 {

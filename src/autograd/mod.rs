@@ -10,6 +10,7 @@
 //! size `out × in`. Buffers are recycled between steps by [`Tape::reset`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 mod conv;
 pub use conv::{Conv2dGeom, Pool2dGeom, PoolKind};
@@ -21,8 +22,8 @@ use crate::cpu::{
     gemm, row_sum, sddmm, spmm, spmm_bias_act, spmm_t, spmm_t_act_grad, Accum, Par, RowAct,
 };
 use crate::error::{check_dims, check_len, Error, Result};
-use crate::nn::{ParamId, ParamShape, ParamStore};
-use crate::sparse::{aligned_zeros, AlignedVec, SeedRng};
+use crate::nn::{Param, ParamId, ParamShape, ParamStore};
+use crate::sparse::{aligned_zeros, AlignedVec, CsrPattern, SeedRng};
 
 /// A node of the tape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -237,6 +238,16 @@ pub struct Tape {
     pool: Pool,
     par: Par,
     retain_linear_grads: bool,
+    /// the parameters the recorded ops read, as they were: `backward` checks that it
+    /// writes gradients into the same ones
+    uses: Vec<ParamUse>,
+}
+
+/// A parameter as an op recorded it: its id, value count and (sparse) pattern.
+struct ParamUse {
+    id: ParamId,
+    len: usize,
+    pattern: Option<Arc<CsrPattern>>,
 }
 
 impl Tape {
@@ -247,7 +258,47 @@ impl Tape {
             pool: Pool::default(),
             par,
             retain_linear_grads: false,
+            uses: Vec::new(),
         }
+    }
+
+    /// Parameter `id` of `params` for an op being recorded, noted for `backward`'s check.
+    pub(crate) fn use_param<'p>(
+        &mut self,
+        params: &'p ParamStore,
+        id: ParamId,
+    ) -> Result<&'p Param> {
+        let p = params.try_get(id)?;
+        self.uses.push(ParamUse {
+            id,
+            len: p.value.len(),
+            pattern: p.pattern().cloned(),
+        });
+        Ok(p)
+    }
+
+    /// Whether `params` holds the parameters the recorded ops read: same ids, sizes and
+    /// patterns (the same pattern object, so an edit since the forward pass shows).
+    fn check_params(&self, params: &ParamStore) -> Result<()> {
+        for u in &self.uses {
+            let p = params.try_get(u.id)?;
+            let same_pattern = match (&u.pattern, p.pattern()) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if p.value.len() != u.len || !same_pattern {
+                return Err(Error::arg(
+                    "params",
+                    format!(
+                        "{} is not the parameter the forward pass read (another model's \
+                         store, or its pattern was edited since): record the pass again",
+                        p.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Whether `backward` keeps the output gradient `dZ` of every sparse linear node
@@ -264,6 +315,7 @@ impl Tape {
 
     /// Forgets every node, keeping their buffers for the next pass.
     pub fn reset(&mut self) {
+        self.uses.clear();
         for node in self.nodes.drain(..) {
             self.pool.give(node.value);
             if let Some(g) = node.grad {
@@ -391,7 +443,7 @@ impl Tape {
             let node = self.check_var(x)?;
             (node.rows, node.cols)
         };
-        let p = params.get(w);
+        let p = self.use_param(params, w)?;
         let (out, fan_in) = p.shape.dims();
         if let ParamShape::Vector { .. } = p.shape {
             return Err(Error::arg(
@@ -464,7 +516,7 @@ impl Tape {
             let node = self.check_var(x)?;
             (node.rows, node.cols)
         };
-        let (p, bias) = (params.get(w), params.get(b));
+        let (p, bias) = (self.use_param(params, w)?, self.use_param(params, b)?);
         match (&p.shape, row_act) {
             (ParamShape::Sparse { pattern }, Some(row_act)) if pattern.ncols() == in_rows => {
                 let out = pattern.nrows();
@@ -498,7 +550,7 @@ impl Tape {
             let node = self.check_var(x)?;
             (node.rows, node.cols)
         };
-        let p = params.get(b);
+        let p = self.use_param(params, b)?;
         check_len("bias", rows, p.value.len())?;
         let mut z = self.pool.take(rows * n);
         let xv = &self.nodes[x.0].value;
@@ -530,7 +582,7 @@ impl Tape {
             let node = self.check_var(x)?;
             (node.rows, node.cols)
         };
-        let p = params.get(b);
+        let p = self.use_param(params, b)?;
         check_len("bias", rows, p.value.len())?;
         let mut z = self.pool.take(rows * n);
         let xv = &self.nodes[x.0].value;
@@ -702,6 +754,7 @@ impl Tape {
             node.rows * node.cols
         };
         check_len("output gradient", len, grad.len())?;
+        self.check_params(params)?;
         let mut seed = self.pool.take(len);
         seed.copy_from_slice(grad);
         self.nodes[out.0].grad = Some(seed);

@@ -157,10 +157,25 @@ impl ParamStore {
         ParamId(self.params.len() - 1)
     }
     /// The parameter `id`.
+    ///
+    /// # Panics
+    /// If `id` is not in this store (see [`ParamStore::try_get`]).
     pub fn get(&self, id: ParamId) -> &Param {
         &self.params[id.0]
     }
+    /// The parameter `id`, or an error naming it where it is not in this store.
+    pub fn try_get(&self, id: ParamId) -> Result<&Param> {
+        self.params.get(id.0).ok_or_else(|| {
+            crate::Error::arg(
+                "param",
+                format!("no parameter {} in a store of {}", id.0, self.params.len()),
+            )
+        })
+    }
     /// The parameter `id`, mutably.
+    ///
+    /// # Panics
+    /// If `id` is not in this store.
     pub fn get_mut(&mut self, id: ParamId) -> &mut Param {
         &mut self.params[id.0]
     }
