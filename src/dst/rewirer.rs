@@ -253,7 +253,7 @@ impl Rewirer {
                     format!(
                         "{} prunes every {delta_t} steps from step {t_start} to step {t_end}, \
                          but no such step falls within the run's {total_steps} steps: lower \
-                         --delta-t or train longer",
+                         delta_t (--delta-t) or train longer",
                         config.kind.name()
                     ),
                 ));

@@ -459,7 +459,9 @@ fn describe(s: &Stored) -> String {
 }
 
 /// Reads the model file `path` into `model` ([`ModelFile::apply`]) and returns its
-/// metadata.
+/// metadata. The file's storage replaces the model's (a weight saved sparse comes back
+/// sparse with its pattern); the configuration the model was built from (`Mlp::config`,
+/// its `sparsity` say) is not rewritten, so read live weights from the parameters.
 pub fn load_into(path: &Path, model: &mut dyn Model) -> Result<BTreeMap<String, String>> {
     let file = ModelFile::read(path)?;
     file.apply(model)?;

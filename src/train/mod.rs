@@ -459,7 +459,7 @@ fn train_here(
             let (loss, lv) = (fwd.loss, tape.value(fwd.loss)[0]);
             if !lv.is_finite() {
                 return Err(Error::Training(format!(
-                    "the loss became {lv} at epoch {}, step {step} (learning rate {lr}); try a lower --lr",
+                    "the loss became {lv} at epoch {}, step {step} (learning rate {lr}); try a lower learning rate (--lr)",
                     epoch + 1
                 )));
             }
@@ -525,7 +525,7 @@ pub(crate) fn check_test_loss(test_loss: f64, epoch: usize) -> Result<()> {
     } else {
         Err(Error::Training(format!(
             "the test loss became {test_loss} after epoch {}: the weights diverged; try a \
-             lower --lr",
+             lower learning rate (--lr)",
             epoch + 1
         )))
     }
