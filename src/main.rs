@@ -982,6 +982,12 @@ fn run_one(
         #[cfg(not(feature = "cuda"))]
         (Some(never), _) => match *never {},
     }?;
+    if let (Some(max), true) = (cfg.max_steps, reports.len() < epochs) {
+        say!(
+            "stopped at --max-steps {max}, in epoch {} of {epochs}",
+            reports.len()
+        );
+    }
     if let Some(path) = save {
         let model = built.model();
         let meta = std::collections::BTreeMap::from(
