@@ -526,64 +526,42 @@ fn logs_record_what_trains_and_init_must_agree_with_the_flags() {
     }
 
     // --init decides the storage: flags that disagree with the file are errors
-    fails_naming(&[
+    let tiny = |extra: &[&'static str], file: &str| {
+        let mut args: Vec<String> = ["train", "--dataset", "synthetic", "--model", "mlp:16"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(["--init".to_string(), file.to_string()]);
+        args
+    };
+    let cases = [
         (
-            &[
-                "train",
-                "--dataset",
-                "synthetic",
-                "--model",
-                "mlp:16",
-                "--method",
-                "dense",
-                "--init",
-                &sparse,
-            ],
+            tiny(&["--method", "dense"], &sparse),
             "holds a sparse model",
         ),
+        (tiny(&["--method", "static"], &dense), "holds a dense model"),
         (
-            &[
-                "train",
-                "--dataset",
-                "synthetic",
-                "--model",
-                "mlp:16",
-                "--method",
-                "static",
-                "--init",
-                &dense,
-            ],
-            "holds a dense model",
-        ),
-        (
-            &[
-                "train",
-                "--dataset",
-                "synthetic",
-                "--model",
-                "mlp:16",
-                "--method",
-                "static",
-                "--sparsity",
-                "0.5",
-                "--init",
-                &sparse,
-            ],
+            tiny(&["--method", "static", "--sparsity", "0.5"], &sparse),
             "disagrees with",
         ),
-        (
-            &[
-                "compare",
-                "--dataset",
-                "synthetic",
-                "--model",
-                "mlp:16",
-                "--methods",
-                "dense,static",
-            ],
-            "dense always runs first",
-        ),
-    ]);
+    ];
+    for (args, needle) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails_naming(&[(&args, needle)]);
+    }
+    fails_naming(&[(
+        &[
+            "compare",
+            "--dataset",
+            "synthetic",
+            "--model",
+            "mlp:16",
+            "--methods",
+            "dense,static",
+        ],
+        "dense always runs first",
+    )]);
     // a dense-to-sparse method prunes a dense file to its target
     let pruned_log = path("pruned.jsonl");
     let out = quick(&[

@@ -12,7 +12,7 @@ use rewire::nn::distribution::{layer_densities, Distribution};
 use rewire::nn::{Cnn, CnnConfig, CnnLayer, Model};
 use rewire::optim::{Optimizer, OptimizerConfig};
 use rewire::sparse::{seed_rng, CsrPattern};
-use rewire::train::{train, Schedule, TrainConfig};
+use rewire::train::{train, TrainConfig};
 
 /// 8×8 one-channel images: 2400 to train on, 600 held out.
 fn data() -> (Dataset, Dataset) {
@@ -50,21 +50,13 @@ fn small(sparsity: f64, batch_norm: bool, seed: u64) -> Cnn {
 }
 
 fn cfg(epochs: usize, rewire: Option<RewireConfig>) -> TrainConfig {
+    // SGD momentum 0.9, lr 0.05 with cosine decay: the defaults
     TrainConfig {
         epochs,
         batch_size: 32,
-        lr: 0.05,
-        schedule: Schedule::Cosine { warmup_epochs: 0 },
-        optimizer: OptimizerConfig::Sgd {
-            momentum: 0.9,
-            nesterov: false,
-            weight_decay: 0.0,
-        },
         seed: 2,
-        max_steps: None,
-        progress: false,
-        par: Par::current(),
         rewire,
+        ..TrainConfig::default()
     }
 }
 

@@ -573,28 +573,19 @@ fn rigl_update_with_a_stale_or_foreign_trace_is_an_error() {
 
 #[test]
 fn pruning_a_model_without_sparse_storage_is_an_error() {
-    use rewire::train::{train, Schedule, TrainConfig};
+    use rewire::train::{train, TrainConfig};
     let (tr, te) = Dataset::synthetic(200, 32, 10, 8).split(150);
     let mut m = Mlp::new(MlpConfig::new(32, &[16], 10)).unwrap();
     let cfg = TrainConfig {
         epochs: 2,
         batch_size: 10,
-        lr: 0.05,
-        schedule: Schedule::Constant,
-        optimizer: OptimizerConfig::Sgd {
-            momentum: 0.9,
-            nesterov: false,
-            weight_decay: 0.0,
-        },
-        seed: 1,
-        max_steps: None,
-        progress: false,
         par: Par::Seq,
         rewire: Some(RewireConfig {
             delta_t: 5,
             target_sparsity: 0.9,
             ..RewireConfig::defaults(MethodKind::Gmp)
         }),
+        ..TrainConfig::default()
     };
     let err = train(&mut m, &tr, &te, &cfg, |_| Ok(())).unwrap_err();
     assert!(err.to_string().contains("sparse_storage"), "{err}");
