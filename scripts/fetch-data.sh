@@ -11,24 +11,53 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dest="${1:-$root/data}"
 mkdir -p "$dest"
 work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+partial=""
+trap 'rm -rf "$work" ${partial:+"$partial"}' EXIT
 
-# all four files present (raw or .gz); a half-finished copy does not count
+FILES="train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte"
+
+# the size of each raw file (the same for MNIST and Fashion-MNIST: 60000 and 10000 28×28
+# images and their labels)
+size_of() {
+    case "$1" in
+        train-images-idx3-ubyte) echo 47040016 ;;
+        train-labels-idx1-ubyte) echo 60008 ;;
+        t10k-images-idx3-ubyte) echo 7840016 ;;
+        t10k-labels-idx1-ubyte) echo 10008 ;;
+    esac
+}
+
+# all four files present and whole: a raw file of the right size, or a .gz that gzip
+# tests good (a truncated or half-copied file does not count)
 have() {
     local f
-    for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do
-        [ -s "$1/$f" ] || [ -s "$1/$f.gz" ] || return 1
+    for f in $FILES; do
+        if [ -f "$1/$f" ]; then
+            [ "$(wc -c <"$1/$f")" -eq "$(size_of "$f")" ] || return 1
+        elif [ -f "$1/$f.gz" ]; then
+            gzip -t "$1/$f.gz" 2>/dev/null || return 1
+        else
+            return 1
+        fi
     done
 }
 
-# copies the IDX files found under $1 into $2 through a temporary folder beside it, so
-# an interrupted copy never leaves a partial dataset in place
+# copies the four IDX files found under $1 into $2: through a temporary folder beside it
+# (removed on exit), then each moved into place, replacing only those files (both their
+# raw and .gz forms), so an interrupted copy leaves no partial dataset and other files
+# in $2 stay
 place() {
-    local tmp="$2.partial.$$"
+    local tmp="$2.partial.$$" f
+    partial="$tmp"
     rm -rf "$tmp" && mkdir -p "$tmp"
     find "$1" -name '*ubyte*' -exec cp {} "$tmp/" \;
-    have "$tmp" || { echo "error: $1 does not hold the four IDX files" >&2; rm -rf "$tmp"; exit 1; }
-    rm -rf "$2" && mv "$tmp" "$2"
+    have "$tmp" || { echo "error: $1 does not hold the four IDX files whole" >&2; exit 1; }
+    mkdir -p "$2"
+    for f in $FILES; do
+        rm -f "$2/$f" "$2/$f.gz"
+        mv "$tmp/$f"* "$2/"
+    done
+    rm -rf "$tmp"
 }
 
 if have "$dest/fashion-mnist"; then

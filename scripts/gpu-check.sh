@@ -12,6 +12,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${OUT:-out/gpu-check}"
 mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu-check.log") 2>&1
+tee_pid=$!
+# on exit, let tee write the log's last lines before $OUT is collected
+trap 'exec >&- 2>&-; wait "$tee_pid" 2>/dev/null || true' EXIT
+# a step that fails is named at the end; the steps after it still run
+FAILED=()
 
 echo "== device"
 nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv || true
@@ -24,17 +29,17 @@ for p in site.getsitepackages(): print(" ".join(glob.glob(p + "/nvidia/*/lib")))
 done
 export LD_LIBRARY_PATH
 
-# binaries: built here where there is cargo, else the ones scripts/gpu-prepare.sh made
-# (carry gpu-bin/)
-if command -v cargo >/dev/null; then
-    echo "== build"
-    time cargo build --release --tests --bins
-    REWIRE=./target/release/rewire
-    TESTS=(cargo test --release --test cuda --)
-elif [[ -x gpu-bin/rewire && -x gpu-bin/cuda-tests ]]; then
-    echo "== no cargo here: using the prebuilt gpu-bin/ (scripts/gpu-prepare.sh)"
+# binaries: the ones scripts/gpu-prepare.sh made where gpu-bin/ was carried (no build
+# on the device's time), else built here with cargo
+if [[ -x gpu-bin/rewire && -x gpu-bin/cuda-tests ]]; then
+    echo "== using the prebuilt gpu-bin/ (scripts/gpu-prepare.sh)"
     REWIRE=./gpu-bin/rewire
     TESTS=(./gpu-bin/cuda-tests)
+elif command -v cargo >/dev/null; then
+    echo "== build"
+    time cargo build --release --bins
+    REWIRE=./target/release/rewire
+    TESTS=(cargo test --release --test cuda --)
 else
     echo "no cargo and no gpu-bin/: run scripts/gpu-prepare.sh where Rust is and carry gpu-bin" >&2
     exit 1
@@ -46,35 +51,44 @@ TEST_RC=0
 REWIRE_REQUIRE_CUDA=1 "${TESTS[@]}" --nocapture --test-threads 1 || TEST_RC=$?
 
 echo "== GPU benchmarks (sparse vs cuBLAS SGEMM, same run)"
-bench() { "$REWIRE" bench "$@" --device cuda --min-time-ms 300 --json; }
-{
-    # the targets: SpMM and SDDMM at M=K=4096, N=256, 90%; BSR 16x16 at 90%
-    bench spmm --m 4096 --n 256 --sparsity 0.9
-    bench sddmm --m 4096 --n 256 --sparsity 0.9
-    bench spmm-t --m 4096 --n 256 --sparsity 0.9
-    bench bsr --m 4096 --n 256 --sparsity 0.9 --block 16
-    bench bsr --m 4096 --n 256 --sparsity 0.9 --block 8
-    # break-even sparsity of SpMM against SGEMM
-    bench spmm --m 4096 --n 256 --sparsity 0.5,0.6,0.7,0.8,0.95,0.98,0.99
-} | tee "$OUT/bench.jsonl"
+: >"$OUT/bench.jsonl"
+bench() {
+    "$REWIRE" bench "$@" --device cuda --min-time-ms 300 --json | tee -a "$OUT/bench.jsonl" ||
+        FAILED+=("bench $*")
+}
+# the targets: SpMM and SDDMM at M=K=4096, N=256, 90%; BSR 16x16 at 90%
+bench spmm --m 4096 --n 256 --sparsity 0.9
+bench sddmm --m 4096 --n 256 --sparsity 0.9
+bench spmm-t --m 4096 --n 256 --sparsity 0.9
+bench bsr --m 4096 --n 256 --sparsity 0.9 --block 16
+bench bsr --m 4096 --n 256 --sparsity 0.9 --block 8
+# break-even sparsity of SpMM against SGEMM
+bench spmm --m 4096 --n 256 --sparsity 0.5,0.6,0.7,0.8,0.95,0.98,0.99
 
 echo "== training: GPU vs CPU, same flags and seed"
 DATASET=synthetic
 [[ -d data/fashion-mnist ]] && DATASET=fashion-mnist
-run() {
-    "$REWIRE" train --dataset "$DATASET" --model mlp:1000,1000,1000 \
-        --method rigl --sparsity 0.95 --epochs 2 --lr 0.05 --seed 0 --no-progress "$@"
+# train NAME ARGS...: one run, its output in $OUT/NAME.txt, the last line shown
+train() {
+    local name=$1
+    shift
+    if "$REWIRE" train --dataset "$DATASET" --seed 0 --no-progress "$@" >"$OUT/$name.txt" 2>&1; then
+        tail -n 1 "$OUT/$name.txt"
+    else
+        cat "$OUT/$name.txt"
+        FAILED+=("train $name")
+    fi
 }
-run --device cuda --log "$OUT/train-gpu.jsonl" | tee "$OUT/train-gpu.txt"
-run --device cpu --log "$OUT/train-cpu.jsonl" | tee "$OUT/train-cpu.txt"
+MLP=(--model mlp:1000,1000,1000 --method rigl --sparsity 0.95 --epochs 2 --lr 0.05)
+train train-gpu "${MLP[@]}" --device cuda --log "$OUT/train-gpu.jsonl"
+train train-cpu "${MLP[@]}" --device cpu --log "$OUT/train-cpu.jsonl"
 for m in static set dsr gmp dense; do
-    "$REWIRE" train --dataset "$DATASET" --model mlp:300,100 --method "$m" \
-        --sparsity 0.9 --epochs 1 --seed 0 --no-progress --device cuda | tail -n 1
+    train "mlp-$m" --model mlp:300,100 --method "$m" --sparsity 0.9 --epochs 1 --device cuda
 done
 # CNNs on the GPU (im2col, pooling, batch norm in kernels/cnn.cu), a few hundred steps
 for model in lenet5 vgg-small; do
-    "$REWIRE" train --dataset "$DATASET" --model "$model" --method rigl --sparsity 0.9 \
-        --epochs 1 --max-steps 300 --seed 0 --no-progress --device cuda | tail -n 1
+    train "$model" --model "$model" --method rigl --sparsity 0.9 --epochs 1 --max-steps 300 \
+        --device cuda
 done
 
 echo "== summary (speedup = cuBLAS time / sparse time)"
@@ -88,7 +102,13 @@ for line in open(sys.argv[1]):
           f"speedup {r['speedup']:.2f}x, max_rel_diff {r['max_rel_diff']:.1e}")
 PY
 
+status=0
 if [[ $TEST_RC -ne 0 ]]; then
     echo "== the GPU tests FAILED (exit $TEST_RC): see above"
-    exit "$TEST_RC"
+    status=$TEST_RC
 fi
+if [[ ${#FAILED[@]} -gt 0 ]]; then
+    printf '== FAILED: %s\n' "${FAILED[@]}"
+    status=1
+fi
+exit "$status"

@@ -6,13 +6,21 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 cargo build --release --bins
-test_bin=$(cargo test --release --test cuda --no-run --message-format=json 2>/dev/null |
+# cargo's progress and any compile error go to the terminal; the JSON lines name the
+# test binary
+test_bin=$(cargo test --release --test cuda --no-run --message-format=json |
     python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "cuda" and m.get("executable"):
         print(m["executable"])')
-rm -rf gpu-bin && mkdir -p gpu-bin
-strip --strip-debug -o gpu-bin/rewire target/release/rewire
-strip --strip-debug -o gpu-bin/cuda-tests "$test_bin"
+if [[ -z "$test_bin" || ! -x "$test_bin" ]]; then
+    echo "error: the CUDA test binary was not built (see cargo's output above)" >&2
+    exit 1
+fi
+# staged beside, then swapped in: an interrupted run leaves the old gpu-bin/ whole
+rm -rf gpu-bin.new && mkdir -p gpu-bin.new
+strip --strip-debug -o gpu-bin.new/rewire target/release/rewire
+strip --strip-debug -o gpu-bin.new/cuda-tests "$test_bin"
+rm -rf gpu-bin && mv gpu-bin.new gpu-bin
 ls -la gpu-bin

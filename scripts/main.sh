@@ -16,8 +16,15 @@ OUT="${OUT:-out}"
 COMMON=(--dataset "$DATASET" --model mlp:1000,1000,1000 --epochs "$EPOCHS" --batch-size 128
         --optimizer sgd --momentum 0.9 --lr 0.05 --weight-decay 5e-4 --schedule cosine --seed 0)
 
-if ! ls data/"$DATASET"/train-images-idx3-ubyte* >/dev/null 2>&1 &&
-   ! { [ "$DATASET" = fashion-mnist ] && ls /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte* >/dev/null 2>&1; }; then
+# the four files of a real dataset (synthetic data is generated and needs none)
+have_data() {
+    local f
+    for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do
+        [ -e "$1/$f" ] || [ -e "$1/$f.gz" ] || return 1
+    done
+}
+if [ "$DATASET" != synthetic ] && ! have_data "data/$DATASET" &&
+   ! { [ "$DATASET" = fashion-mnist ] && have_data /usr/share/datasets/fashion-mnist; }; then
     echo "== $DATASET not found under data/: fetching it with scripts/fetch-data.sh"
     scripts/fetch-data.sh
 fi
@@ -37,7 +44,12 @@ for s in $SPARSITIES; do
 done
 
 echo "== summary (last epoch of each run; epoch time is the mean over epochs)"
-python3 - "${logs[@]}" <<'PY' || echo "(python3 not found: see $OUT/*.jsonl)"
+if ! command -v python3 >/dev/null; then
+    echo "(python3 not found: see $OUT/*.jsonl)"
+    exit 0
+fi
+python3 - "${logs[@]}" <<'PY'
+
 import json, sys
 rows = []
 for path in sys.argv[1:]:  # this run's logs only, not older ones in the same folder

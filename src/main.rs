@@ -1233,7 +1233,14 @@ fn run_eval(mut args: EvalArgs) -> rewire::Result<()> {
         }
         None => get("dataset")?.clone(),
     };
-    let seed = meta.get("seed").and_then(|s| s.parse().ok()).unwrap_or(0);
+    // generated data is drawn from the seed of the run: it must be the same
+    let seed = if dataset == "synthetic" {
+        get("seed")?
+            .parse()
+            .map_err(|_| rewire::Error::format(&args.file, "metadata \"seed\" is not a number"))?
+    } else {
+        0
+    };
     let (_, test_set) = load_dataset(&dataset, &args.data_dir, seed)?;
     let (dim, classes) = (num("input_dim")?, num("classes")?);
     if test_set.dim != dim || test_set.classes > classes {
@@ -1245,18 +1252,21 @@ fn run_eval(mut args: EvalArgs) -> rewire::Result<()> {
             ),
         ));
     }
+    // a bad value in the file's metadata names the file
+    let in_file = |e: rewire::Error| rewire::Error::format(&args.file, format!("metadata: {e}"));
     let spec = model_spec(
         get("model")?,
         (dim, classes),
         ModelSettings {
-            activation: Activation::parse(get("activation")?)?,
+            activation: Activation::parse(get("activation")?).map_err(in_file)?,
             dropout: 0.0,
             sparsity: 0.0,
             distribution: Distribution::Uniform { dense_first: false },
             seed: 0,
             sparse_storage: false,
         },
-    )?;
+    )
+    .map_err(in_file)?;
     let mut built = spec.build()?;
     file.apply(built.model_mut())?;
     let threads = args.threads.unwrap_or_else(rayon::current_num_threads);

@@ -311,7 +311,17 @@ pub fn load(name: DatasetName, data_dir: &Path) -> Result<Splits> {
     if n_train == 0 {
         return Err(Error::format(&tri_p, "the training set holds no images"));
     }
+    // both datasets are 28×28 grey images; the CNNs take that shape
+    if (h, w) != (28, 28) {
+        return Err(Error::format(
+            &tri_p,
+            format!("images are {h}×{w}; {} images are 28×28", name.dir_name()),
+        ));
+    }
     let (n_test, th, tw) = check_pair(&tei_p, &tei, &tel_p, &tel)?;
+    if n_test == 0 {
+        return Err(Error::format(&tei_p, "the test set holds no images"));
+    }
     if (th, tw) != (h, w) {
         return Err(Error::format(
             &tei_p,

@@ -308,6 +308,9 @@ impl ModelFile {
                         "buffer {b:?} has shape {shape:?}, expected a vector"
                     )));
                 }
+                if b.ends_with("running_var") && values.iter().any(|&v| v < 0.0) {
+                    return Err(bad(format!("buffer {b:?} holds a negative variance")));
+                }
                 buffers.insert(b.to_string(), values);
                 continue;
             }
@@ -320,7 +323,9 @@ impl ModelFile {
                     )))
                 }
             };
-            params.insert(name.to_string(), stored);
+            if params.insert(name.to_string(), stored).is_some() {
+                return Err(bad(format!("{name:?} is stored both dense and sparse")));
+            }
         }
         Ok(ModelFile {
             path: path.to_path_buf(),

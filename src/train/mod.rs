@@ -262,8 +262,14 @@ pub fn evaluate(
     batch_size: usize,
     tape: &mut Tape,
 ) -> Result<(f64, f64)> {
+    if data.n == 0 {
+        return Err(Error::arg(
+            "data",
+            "no samples to evaluate on: an accuracy over none would mean nothing",
+        ));
+    }
     // no bigger than the data: a huge batch size asks for no huge buffer
-    let batch_size = batch_size.clamp(1, data.n.max(1));
+    let batch_size = batch_size.clamp(1, data.n);
     check_batch_fits(model, batch_size, false)?;
     let mut x = vec![0.0f32; data.dim * batch_size];
     let mut labels = vec![0u32; batch_size];
@@ -310,6 +316,9 @@ pub(crate) fn plan_run(
 ) -> Result<RunPlan> {
     cfg.validate()?;
     for (name, data) in [("train", train), ("test", test)] {
+        if data.n == 0 {
+            return Err(Error::arg(name, format!("the {name} set holds no samples")));
+        }
         if data.dim != model.input_dim() {
             return Err(Error::shape(
                 name,
