@@ -1205,3 +1205,34 @@ fn add_with_beta_zero_does_not_read_the_destination() {
         }
     }
 }
+
+/// The SDDMM of a convolution's weight gradient (a wide `N`, split into column ranges)
+/// gives the same bits whatever the thread count: a CNN run does not depend on the
+/// machine's cores.
+#[test]
+fn wide_sddmm_is_the_same_on_any_thread_count() {
+    let (m, k, n) = (32, 288, 40_000); // 32 filters of 32×3×3, batch·H·W = 40000
+    let p = rng_pattern(m, k, 0.1, 9);
+    let l: Vec<f32> = (0..m * n)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    let r: Vec<f32> = (0..k * n)
+        .map(|i| ((i * 104_729) % 997) as f32 / 498.0 - 1.0)
+        .collect();
+    let run = |par: Par| {
+        let mut v = vec![0.0f32; p.nnz()];
+        sddmm(&mut v, &p, &l, &r, n, 1.0, Accum::Replace, par).unwrap();
+        v
+    };
+    let seq = run(Par::Seq);
+    let two = pool(2).install(|| run(Par::Rayon(2)));
+    let one = pool(1).install(|| run(Par::Rayon(1)));
+    assert_eq!(seq, two);
+    assert_eq!(seq, one);
+    // and still the product: against the f64 reference
+    let mut exp = vec![0.0f32; p.nnz()];
+    sddmm_ref(&mut exp, &p, &l, &r, n, 1.0, Accum::Replace);
+    for (g, e) in seq.iter().zip(&exp) {
+        assert!((g - e).abs() <= 1e-3 * (1.0 + e.abs()), "{g} vs {e}");
+    }
+}

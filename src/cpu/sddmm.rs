@@ -141,10 +141,16 @@ unsafe fn sddmm_rows(
 /// Scratch for the partial sums of the wide-`N` schedule, kept between calls.
 static WIDE_SCRATCH: std::sync::Mutex<Vec<f32>> = std::sync::Mutex::new(Vec::new());
 
-/// The wide-`N` schedule (a convolution's batch·H·W): `N` is split into one contiguous
-/// range per thread, and each range into column panels whose rows of `R` fit L2; every
-/// entry's dot product is summed panel by panel. The first range accumulates into
-/// `values`, the others into scratch that is added at the end, so `R` is read once.
+/// Ranges the wide-`N` schedule splits `N` into, whatever the thread count: the sums are
+/// grouped the same way on any machine, so a run gives the same result with 1 thread or
+/// 16 (up to this many threads share the work).
+const WIDE_PARTS: usize = 8;
+
+/// The wide-`N` schedule (a convolution's batch·H·W): `N` is split into up to
+/// [`WIDE_PARTS`] contiguous ranges, and each range into column panels whose rows of `R`
+/// fit L2; every entry's dot product is summed panel by panel. The first range
+/// accumulates into `values`, the others into scratch that is added at the end in range
+/// order, so `R` is read once and the rounding does not depend on the threads.
 #[allow(clippy::too_many_arguments)]
 fn sddmm_wide(
     values: &mut [f32],
@@ -159,7 +165,7 @@ fn sddmm_wide(
 ) {
     let nnz = pattern.nnz();
     let panels = n.div_ceil(nc);
-    let parts = par.threads().min(panels).max(1);
+    let parts = WIDE_PARTS.min(panels).max(1);
     let run = |out: *mut f32, q0: usize, q1: usize, first: Accum| {
         for q in q0..q1 {
             let span = q * nc..((q + 1) * nc).min(n);
@@ -192,7 +198,7 @@ fn sddmm_wide(
     let scratch = SendPtr(guard.as_mut_ptr());
     let out = SendPtr(values.as_mut_ptr());
     let bounds = |p: usize| p * panels / parts;
-    run_parts(Par::Rayon(parts), parts, |p, _| {
+    let part = |p: usize| {
         let (dst, first) = if p == 0 {
             (out.get(), accum)
         } else {
@@ -200,7 +206,14 @@ fn sddmm_wide(
             (unsafe { scratch.get().add((p - 1) * nnz) }, Accum::Replace)
         };
         run(dst, bounds(p), bounds(p + 1), first);
-    });
+    };
+    // the same parts on one thread or many: only who computes them changes
+    if par.threads() == 1 {
+        (0..parts).for_each(part);
+    } else {
+        use rayon::prelude::*;
+        (0..parts).into_par_iter().for_each(part);
+    }
     for part in guard[..need].chunks(nnz.max(1)) {
         for (v, &s) in values.iter_mut().zip(part) {
             *v += s;
