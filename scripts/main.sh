@@ -43,7 +43,7 @@ for s in $SPARSITIES; do
     done
 done
 
-echo "== summary (last epoch of each run; epoch time is the mean over epochs)"
+echo "== summary (last epoch of each run; epoch time and FLOPs are means over epochs)"
 if ! command -v python3 >/dev/null; then
     echo "(python3 not found: see $OUT/*.jsonl)"
     exit 0
@@ -59,9 +59,11 @@ for path in sys.argv[1:]:  # this run's logs only, not older ones in the same fo
     last = lines[-1]
     r = last["report"]
     t = sum(l["report"]["epoch_s"] for l in lines) / len(lines)
-    rows.append((last["method"], last["sparsity"], r["test_acc"], t, r["live_weights"], r["train_flops"]))
+    # the mean over epochs: RigL's update steps and GMP's dense phase cost in early epochs
+    fl = sum(l["report"]["train_flops"] for l in lines) / len(lines)
+    rows.append((last["method"], last["sparsity"], r["test_acc"], t, r["live_weights"], fl))
 dense_t = next((t for m, s, a, t, *_ in rows if m == "dense"), None)
-print(f"{'method':<8} {'sparsity':>8} {'test acc':>9} {'epoch s':>8} {'vs dense':>9} {'live weights':>13} {'train FLOPs/epoch':>18}")
+print(f"{'method':<8} {'sparsity':>8} {'test acc':>9} {'epoch s':>8} {'vs dense':>9} {'live weights':>13} {'FLOPs/epoch (mean)':>18}")
 for m, s, a, t, live, fl in rows:
     ratio = f"{dense_t / t:.2f}x" if dense_t else "-"
     print(f"{m:<8} {s:>8.3f} {100*a:>8.2f}% {t:>8.2f} {ratio:>9} {live:>13} {fl:>18.3e}")

@@ -921,6 +921,18 @@ fn run_one(
         test_set.n,
         threads
     );
+    if let Some(rc) = cfg
+        .rewire
+        .as_ref()
+        .filter(|r| r.kind == rewire::dst::MethodKind::RigL && r.delta_t < 10)
+    {
+        say!(
+            "note: RigL rewires instead of taking the optimizer step at each update (as its \
+             reference code does): with --delta-t {}, one step in {} before T_end updates no weight",
+            rc.delta_t,
+            rc.delta_t
+        );
+    }
     if let Some(rc) = cfg.rewire.as_ref().filter(|r| !r.kind.is_dense_to_sparse()) {
         let steps = train_set
             .n
