@@ -142,7 +142,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 0.3, allow_negative_numbers = true)]
     drop_fraction: f64,
     /// last rewiring at this fraction of training (default 0.75; for gmp, where the target
-    /// sparsity is reached)
+    /// sparsity is reached; for prune-finetune, its one pruning step, default 0.5)
     #[arg(long, allow_negative_numbers = true)]
     t_end: Option<f64>,
     /// how sparsity is spread over layers: uniform, uniform-dense-first, er, erk
@@ -207,6 +207,13 @@ fn trimmed_f64(s: &str) -> Result<f64, String> {
         .map_err(|e| format!("{:?} is not a number ({e})", s.trim()))
 }
 
+/// A count, spaces around it allowed (`--m "1024, 2048"`).
+fn trimmed_usize(s: &str) -> Result<usize, String> {
+    s.trim()
+        .parse()
+        .map_err(|e| format!("{:?} is not a whole number ({e})", s.trim()))
+}
+
 /// Names as the parsers read them: spaces trimmed, lower case (`--method RigL`).
 fn tidy(s: &mut String) {
     *s = s.trim().to_ascii_lowercase();
@@ -267,19 +274,20 @@ enum PatternArg {
 #[derive(clap::Args)]
 struct BenchArgs {
     /// kernel to measure
+    #[arg(ignore_case = true)]
     kernel: KernelArg,
     /// rows of the sparse matrix A, output channels for conv (list allowed; default 2048,
     /// 64 for conv)
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = trimmed_usize)]
     m: Vec<usize>,
     /// columns of A, input channels for conv (list allowed; defaults to M)
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = trimmed_usize)]
     k: Vec<usize>,
     /// dense dimension, the batch (list allowed; default 128, 64 for conv)
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = trimmed_usize)]
     n: Vec<usize>,
     /// fraction of entries (of blocks, for bsr) not stored, in [0, 1] (list allowed)
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = trimmed_f64)]
     sparsity: Vec<f64>,
     /// block edge for bsr (square blocks)
     #[arg(long, default_value_t = 8)]
@@ -288,7 +296,7 @@ struct BenchArgs {
     #[arg(long, value_parser = at_least_one())]
     threads: Option<usize>,
     /// how live entries spread over rows
-    #[arg(long, value_enum, default_value_t = PatternArg::Uniform)]
+    #[arg(long, value_enum, ignore_case = true, default_value_t = PatternArg::Uniform)]
     pattern: PatternArg,
     /// seed of the random pattern and data
     #[arg(long, default_value_t = 0)]
@@ -365,7 +373,8 @@ fn flag_of(name: &str) -> Option<&'static str> {
     })
 }
 
-fn run_bench(args: BenchArgs) -> rewire::Result<()> {
+fn run_bench(mut args: BenchArgs) -> rewire::Result<()> {
+    tidy(&mut args.device);
     let base = BenchConfig {
         kernel: match args.kernel {
             KernelArg::Spmm => Kernel::Spmm,
@@ -431,8 +440,20 @@ fn run_bench(args: BenchArgs) -> rewire::Result<()> {
         out
     };
     // every configuration, before the first is timed
-    for cfg in &configs {
+    for (i, cfg) in configs.iter().enumerate() {
         cfg.validate()?;
+        let same = |c: &BenchConfig| {
+            (c.m, c.k, c.n) == (cfg.m, cfg.k, cfg.n) && c.sparsity == cfg.sparsity
+        };
+        if configs[..i].iter().any(same) {
+            return Err(rewire::Error::arg(
+                "m/k/n/sparsity",
+                format!(
+                    "M={} K={} N={} at sparsity {} is listed twice",
+                    cfg.m, cfg.k, cfg.n, cfg.sparsity
+                ),
+            ));
+        }
     }
     let device = open_device(&args.device)?;
     if !args.json {
@@ -697,7 +718,12 @@ fn build(
         rc.drop_fraction = run.drop_fraction;
         rc.seed = run.seed;
         if let Some(t) = run.t_end {
-            rc.end_fraction = t;
+            // prune-then-finetune's one pruning step is its "end" of rewiring
+            if kind == MethodKind::PruneFinetune {
+                rc.start_fraction = t;
+            } else {
+                rc.end_fraction = t;
+            }
         }
         if kind.is_dense_to_sparse() {
             // start dense (in sparse storage), prune to the target
@@ -763,6 +789,16 @@ fn build(
         rewire: rewire_cfg,
     };
     cfg.validate()?;
+    // the rewiring schedule over the run's steps (a dense-to-sparse method with no
+    // pruning step in the run is an error), before anything trains
+    if let Some(rc) = &cfg.rewire {
+        let steps = data
+            .n
+            .div_ceil(cfg.batch_size.max(1))
+            .saturating_mul(cfg.epochs);
+        let total = cfg.max_steps.map_or(steps, |m| m.min(steps)).max(1);
+        rewire::dst::Rewirer::new(rc.clone(), total)?;
+    }
     Ok((model, cfg))
 }
 
@@ -783,6 +819,9 @@ struct Prepared {
     sparsity: f64,
     /// where a dense-to-sparse method prunes to
     prunes_to: Option<f64>,
+    /// how the sparsity is spread, as logs and the saved file record it (with `--init`,
+    /// the file's)
+    distribution: String,
 }
 
 /// Where `train --init` starts from, and whether `--sparsity` was given beside it.
@@ -810,9 +849,41 @@ fn prepare(
         .filter(|r| r.kind.is_dense_to_sparse())
         .map(|r| r.target_sparsity);
     let mut recorded = prunes_to.unwrap_or(if method == "dense" { 0.0 } else { sparsity });
+    let mut distribution = run.distribution.clone();
     if let Some(init) = init {
         let path = init.path;
-        rewire::io::load_into(path, built.model_mut())?;
+        let meta = rewire::io::load_into(path, built.model_mut())?;
+        // the activation is part of what the weights compute: it must be the file's
+        if let Some(a) = meta.get("activation") {
+            let file_act = rewire::nn::Activation::parse(a)
+                .map_err(|e| rewire::Error::format(path, format!("metadata: {e}")))?;
+            if file_act != rewire::nn::Activation::parse(&run.activation)? {
+                return Err(rewire::Error::arg(
+                    "activation",
+                    format!(
+                        "{} was trained with activation {a}, not {}: pass --activation {a}",
+                        path.display(),
+                        run.activation
+                    ),
+                ));
+            }
+        }
+        if let Some(d) = meta
+            .get("dropout")
+            .filter(|d| **d != run.dropout.to_string())
+        {
+            say!(
+                "note: {} was trained with dropout {d}; this run uses {}",
+                path.display(),
+                run.dropout
+            );
+        }
+        // the file's pattern, not --distribution, says how its sparsity is spread
+        if prunes_to.is_none() {
+            if let Some(d) = meta.get("distribution") {
+                distribution = d.clone();
+            }
+        }
         if prunes_to.is_some() {
             // the file's dense weights go into sparse storage, where pruning works
             let model = built.model_mut();
@@ -875,6 +946,7 @@ fn prepare(
         cfg,
         sparsity: recorded,
         prunes_to,
+        distribution,
     })
 }
 
@@ -895,6 +967,7 @@ fn run_one(
         cfg,
         sparsity,
         prunes_to,
+        distribution,
     } = prepared;
     let model = built.model();
     let layers = model
@@ -914,25 +987,13 @@ fn run_one(
         layers,
         method,
         1.0 - model.live_weights() as f64 / model.dense_weights() as f64,
-        run.distribution,
+        distribution,
         model.live_weights(),
         model.dense_weights(),
         train_set.n,
         test_set.n,
         threads
     );
-    if let Some(rc) = cfg
-        .rewire
-        .as_ref()
-        .filter(|r| r.kind == rewire::dst::MethodKind::RigL && r.delta_t < 10)
-    {
-        say!(
-            "note: RigL rewires instead of taking the optimizer step at each update (as its \
-             reference code does): with --delta-t {}, one step in {} before T_end updates no weight",
-            rc.delta_t,
-            rc.delta_t
-        );
-    }
     if let Some(rc) = cfg.rewire.as_ref().filter(|r| !r.kind.is_dense_to_sparse()) {
         let steps = train_set
             .n
@@ -944,9 +1005,16 @@ fn run_one(
         if first == 0 || first >= total || !rewirer.is_update(first) {
             say!(
                 "note: {method} rewires every {} steps until step {} of the run's {total}: \
-                 no update falls within it, so it trains as static sparse (lower --delta-t)",
+                 no update falls within it, so it trains as static sparse (lower --delta-t or raise --t-end)",
                 rc.delta_t,
                 rewirer.schedule().t_end
+            );
+        } else if rewirer.replaces_step() && rc.delta_t < 10 {
+            say!(
+                "note: RigL rewires instead of taking the optimizer step at each update (as \
+                 its reference code does): with --delta-t {0}, one step in {0} before T_end \
+                 updates no weight",
+                rc.delta_t
             );
         }
     }
@@ -959,7 +1027,7 @@ fn run_one(
                 "model": run.model,
                 "method": method,
                 "sparsity": sparsity,
-                "distribution": run.distribution,
+                "distribution": distribution,
                 "seed": run.seed,
                 "threads": threads,
                 "device": run.device,
@@ -1013,7 +1081,7 @@ fn run_one(
                 ("dropout", run.dropout.to_string()),
                 ("method", method.to_string()),
                 ("sparsity", sparsity.to_string()),
-                ("distribution", run.distribution.clone()),
+                ("distribution", distribution.clone()),
                 ("seed", run.seed.to_string()),
                 ("epochs", reports.len().to_string()),
                 (

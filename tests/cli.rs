@@ -79,6 +79,7 @@ fn bad_arguments_are_errors_that_name_the_problem() {
             "nothing to time",
         ),
         (&["bench", "conv", "--ksize", "2"], "odd kernel side"),
+        (&["bench", "spmm", "--m", "64, 64"], "listed twice"),
     ];
     fails_naming(cases);
     // a sweep is checked whole before its first configuration is timed
@@ -136,6 +137,11 @@ fn compare_checks_every_run_before_training_any() {
         (with(&["--methods", "gmp", "--t-end", "-1"]), "end_fraction"),
         (with(&["--schedule", "step:0:0.5"]), "schedule"),
         (with(&["--lr", "-1"]), "lr"),
+        // a pruning schedule with no step in the run: before dense trains, not after
+        (
+            with(&["--methods", "rigl,gmp", "--delta-t", "1000"]),
+            "no such step",
+        ),
     ];
     for (args, needle) in &cases {
         let out = rewire(args);
@@ -562,6 +568,20 @@ fn logs_record_what_trains_and_init_must_agree_with_the_flags() {
         ],
         "dense always runs first",
     )]);
+    // the activation is part of what a file's weights compute
+    let tanh = path("tanh.safetensors");
+    let out = quick(&[
+        "--method",
+        "static",
+        "--activation",
+        "tanh",
+        "--save",
+        &tanh,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let args: Vec<String> = tiny(&["--method", "static"], &tanh);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    fails_naming(&[(&args, "trained with activation tanh")]);
     // a dense-to-sparse method prunes a dense file to its target
     let pruned_log = path("pruned.jsonl");
     let out = quick(&[

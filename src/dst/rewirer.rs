@@ -249,7 +249,7 @@ impl Rewirer {
             let first = t_start.max(1).next_multiple_of(delta_t.max(1));
             if first >= t_end.min(total_steps) {
                 return Err(Error::arg(
-                    "schedule",
+                    "delta_t",
                     format!(
                         "{} prunes every {delta_t} steps from step {t_start} to step {t_end}, \
                          but no such step falls within the run's {total_steps} steps: lower \
