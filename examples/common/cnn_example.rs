@@ -23,6 +23,15 @@ pub fn main(model: &str, dataset: DatasetName, lr: f32) -> std::process::ExitCod
 /// dense baseline.
 pub fn run(model: &str, dataset: DatasetName, lr: f32) -> rewire::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    const USAGE: &str = "usage: [METHOD] [SPARSITY] [EPOCHS] (METHOD: dense, static, set, \
+                         rigl, dsr, gmp, prune-finetune; defaults rigl 0.9 3)";
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    if args.len() > 3 {
+        return Err(rewire::Error::arg("arguments", USAGE));
+    }
     let method = args
         .first()
         .map_or("rigl", String::as_str)
@@ -38,8 +47,8 @@ pub fn run(model: &str, dataset: DatasetName, lr: f32) -> rewire::Result<()> {
     };
     let epochs: usize = match args.get(2) {
         None => 3,
-        Some(s) => s.parse().map_err(|_| {
-            rewire::Error::arg("epochs", format!("expected a whole number, got {s:?}"))
+        Some(s) => s.parse().ok().filter(|&e: &usize| e >= 1).ok_or_else(|| {
+            rewire::Error::arg("epochs", format!("expected a whole number ≥ 1, got {s:?}"))
         })?,
     };
     let splits = data::load(dataset, std::path::Path::new("data")).inspect_err(|_| {
@@ -82,7 +91,8 @@ pub fn run(model: &str, dataset: DatasetName, lr: f32) -> rewire::Result<()> {
         rewire,
     };
     println!(
-        "{model} on {dataset:?}, {method}{}: {} of {} weights live",
+        "{model} on {}, {method}{}: {} of {} weights live",
+        dataset.dir_name(),
         if kind.is_some() {
             format!(" at sparsity {sparsity}")
         } else {
