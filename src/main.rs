@@ -237,13 +237,13 @@ impl RunArgs {
 }
 
 /// `dense`, or the canonical name of a sparse method (`ptf` is `prune-finetune`).
-fn method_name(m: &str) -> rewire::Result<String> {
-    let m = m.trim().to_ascii_lowercase();
-    if m == "dense" {
-        return Ok(m);
+fn method_name(m: &str) -> rewire::Result<&'static str> {
+    let m = m.trim();
+    if m.eq_ignore_ascii_case("dense") {
+        return Ok("dense");
     }
-    rewire::dst::MethodKind::parse(&m)
-        .map(|k| k.name().to_string())
+    rewire::dst::MethodKind::parse(m)
+        .map(|k| k.name())
         .map_err(|_| {
             rewire::Error::arg(
                 "method",
@@ -792,11 +792,7 @@ fn build(
     // the rewiring schedule over the run's steps (a dense-to-sparse method with no
     // pruning step in the run is an error), before anything trains
     if let Some(rc) = &cfg.rewire {
-        let steps = data
-            .n
-            .div_ceil(cfg.batch_size.max(1))
-            .saturating_mul(cfg.epochs);
-        let total = cfg.max_steps.map_or(steps, |m| m.min(steps)).max(1);
+        let total = cfg.total_steps(data.n).max(1);
         rewire::dst::Rewirer::new(rc.clone(), total)?;
     }
     Ok((model, cfg))
@@ -897,10 +893,7 @@ fn prepare(
         let m = built.model();
         let (live, dense) = (m.live_weights(), m.dense_weights());
         let file_sparsity = 1.0 - live as f64 / dense.max(1) as f64;
-        let has_sparse = m
-            .weight_layers()
-            .iter()
-            .any(|l| m.params().get(l.weight).pattern().is_some());
+        let has_sparse = m.has_sparse_weights();
         if method == "dense" && has_sparse {
             return Err(rewire::Error::arg(
                 "init",
@@ -995,11 +988,7 @@ fn run_one(
         threads
     );
     if let Some(rc) = cfg.rewire.as_ref().filter(|r| !r.kind.is_dense_to_sparse()) {
-        let steps = train_set
-            .n
-            .div_ceil(cfg.batch_size)
-            .saturating_mul(cfg.epochs);
-        let total = cfg.max_steps.map_or(steps, |m| m.min(steps));
+        let total = cfg.total_steps(train_set.n);
         let rewirer = rewire::dst::Rewirer::new(rc.clone(), total)?;
         let first = rc.delta_t;
         if first == 0 || first >= total || !rewirer.is_update(first) {
@@ -1145,7 +1134,7 @@ fn run_train(mut args: TrainArgs) -> rewire::Result<()> {
     });
     let prepared = prepare(
         &args.run,
-        &method,
+        method,
         args.sparsity.unwrap_or(0.9),
         init,
         &data.0,
@@ -1160,7 +1149,7 @@ fn run_train(mut args: TrainArgs) -> rewire::Result<()> {
         run_one(
             prepared,
             &args.run,
-            &method,
+            method,
             &data,
             threads,
             device.as_ref(),
@@ -1179,22 +1168,22 @@ fn run_compare(mut args: CompareArgs) -> rewire::Result<()> {
     // fail on the arguments before loading data or writing anything, not hours later
     let mut methods: Vec<&'static str> = Vec::with_capacity(args.methods.len());
     for m in &args.methods {
-        let m = m.trim().to_ascii_lowercase();
-        if m == "dense" {
+        let name = method_name(m).map_err(|_| {
+            rewire::Error::arg(
+                "methods",
+                format!(
+                    "unknown method {:?} (static, set, rigl, dsr, gmp, prune-finetune)",
+                    m.trim()
+                ),
+            )
+        })?;
+        if name == "dense" {
             return Err(rewire::Error::arg(
                 "methods",
                 "dense always runs first, as the baseline: list only sparse methods \
                  (static, set, rigl, dsr, gmp, prune-finetune)",
             ));
         }
-        let name = rewire::dst::MethodKind::parse(&m)
-            .map_err(|_| {
-                rewire::Error::arg(
-                    "methods",
-                    format!("unknown method {m:?} (static, set, rigl, dsr, gmp, prune-finetune)"),
-                )
-            })?
-            .name();
         if methods.contains(&name) {
             return Err(rewire::Error::arg(
                 "methods",

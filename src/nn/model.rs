@@ -83,6 +83,13 @@ pub trait Model: Send {
             .sum()
     }
 
+    /// Whether any weight layer is held in sparse storage.
+    fn has_sparse_weights(&self) -> bool {
+        self.weight_layers()
+            .iter()
+            .any(|l| self.params().get(l.weight).pattern().is_some())
+    }
+
     /// Weights of the dense model of the same shape.
     fn dense_weights(&self) -> usize {
         self.weight_layers().iter().map(|l| l.shape.size()).sum()

@@ -132,6 +132,15 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Steps of a run over `samples` training samples: minibatches per epoch times
+    /// epochs, no more than `max_steps`.
+    pub fn total_steps(&self, samples: usize) -> usize {
+        let steps = samples
+            .div_ceil(self.batch_size.max(1))
+            .saturating_mul(self.epochs);
+        self.max_steps.map_or(steps, |m| m.min(steps))
+    }
+
     /// Checks the settings that depend on neither model nor data: batch size, learning
     /// rate, optimizer and rewiring hyper-parameters. [`train`] checks them first; a
     /// caller planning several runs can check them all before starting any.
@@ -331,12 +340,7 @@ pub(crate) fn plan_run(
         }
     }
     if let Some(r) = cfg.rewire.as_ref().filter(|r| r.kind.is_dense_to_sparse()) {
-        let params = model.params();
-        let prunable = model
-            .weight_layers()
-            .iter()
-            .any(|l| params.get(l.weight).pattern().is_some());
-        if r.target_sparsity > 0.0 && !prunable {
+        if r.target_sparsity > 0.0 && !model.has_sparse_weights() {
             return Err(Error::arg(
                 "sparse_storage",
                 format!(
@@ -348,10 +352,7 @@ pub(crate) fn plan_run(
         }
     }
     let steps_per_epoch = train.n.div_ceil(cfg.batch_size);
-    let total = cfg
-        .max_steps
-        .unwrap_or(usize::MAX)
-        .min(steps_per_epoch.saturating_mul(cfg.epochs));
+    let total = cfg.total_steps(train.n);
     if total == 0 {
         return Err(Error::arg(
             "train",
