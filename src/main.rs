@@ -190,6 +190,11 @@ struct RunArgs {
     /// train on the first N training samples only
     #[arg(long, value_parser = at_least_one())]
     train_subset: Option<usize>,
+    /// hold out the last N training samples and report accuracy on them instead of on the
+    /// test set: for choosing settings without looking at the test set (--train-subset
+    /// then takes from the samples left)
+    #[arg(long, value_parser = at_least_one())]
+    holdout: Option<usize>,
     /// no progress bar
     #[arg(long)]
     no_progress: bool,
@@ -551,8 +556,31 @@ fn thread_pool(run: &RunArgs) -> rewire::Result<(rayon::ThreadPool, usize)> {
     Ok((pool, threads))
 }
 
+/// The training set and the set evaluated after each epoch: the test set, or with
+/// `--holdout N` the last `N` training samples (taken out of the training set).
 fn load_data(run: &RunArgs) -> rewire::Result<(rewire::data::Dataset, rewire::data::Dataset)> {
     let (train_set, test_set) = load_dataset(&run.dataset, &run.data_dir, run.seed)?;
+    let (train_set, test_set) = match run.holdout {
+        Some(n) if n >= train_set.n => {
+            return Err(rewire::Error::arg(
+                "holdout",
+                format!(
+                    "{n} would leave nothing to train on: {} has {} training samples",
+                    run.dataset, train_set.n
+                ),
+            ))
+        }
+        Some(n) => {
+            say!(
+                "evaluating on the last {n} of the {} training samples (--holdout), not on \
+                 the test set; training on the other {}",
+                train_set.n,
+                train_set.n - n
+            );
+            train_set.split(train_set.n - n)
+        }
+        None => (train_set, test_set),
+    };
     let train_set = match run.train_subset {
         Some(n) => {
             if n > train_set.n {
@@ -567,6 +595,15 @@ fn load_data(run: &RunArgs) -> rewire::Result<(rewire::data::Dataset, rewire::da
         None => train_set,
     };
     Ok((train_set, test_set))
+}
+
+/// What the reported accuracies were measured on: `test`, or `holdout:N` (the last `N`
+/// training samples, `--holdout`).
+fn eval_set(run: &RunArgs) -> String {
+    match run.holdout {
+        Some(n) => format!("holdout:{n}"),
+        None => "test".into(),
+    }
 }
 
 /// The train and test splits of `dataset` (`synthetic`: generated from `seed`).
@@ -974,7 +1011,7 @@ fn run_one(
         .join(" ");
     let target = prunes_to.map_or(String::new(), |t| format!(", pruned to {t:.4}"));
     say!(
-        "{} {}: {} · method {} · sparsity {:.4} ({}{target}) · live weights {} of {} · {} train / {} test samples · {} thread(s)",
+        "{} {}: {} · method {} · sparsity {:.4} ({}{target}) · live weights {} of {} · {} train / {} {} samples · {} thread(s)",
         run.dataset,
         run.model,
         layers,
@@ -985,6 +1022,7 @@ fn run_one(
         model.dense_weights(),
         train_set.n,
         test_set.n,
+        if run.holdout.is_some() { "held-out" } else { "test" },
         threads
     );
     if let Some(rc) = cfg.rewire.as_ref().filter(|r| !r.kind.is_dense_to_sparse()) {
@@ -1020,14 +1058,16 @@ fn run_one(
                 "seed": run.seed,
                 "threads": threads,
                 "device": run.device,
+                "evaluated_on": eval_set(run),
                 "report": r,
             }))?;
         }
         say!(
-            "epoch {:>3}/{epochs}  loss {:.4}  train {:6.2}%  test {:6.2}%  time {:7.2}s  live {} ({:.2}% of dense)  train FLOPs {:.3e}  lr {:.4}  rewired {}",
+            "epoch {:>3}/{epochs}  loss {:.4}  train {:6.2}%  {} {:6.2}%  time {:7.2}s  live {} ({:.2}% of dense)  train FLOPs {:.3e}  lr {:.4}  rewired {}",
             r.epoch,
             r.loss,
             100.0 * r.train_acc,
+            if run.holdout.is_some() { "held-out" } else { "test" },
             100.0 * r.test_acc,
             r.epoch_s,
             r.live_weights,
@@ -1073,8 +1113,13 @@ fn run_one(
                 ("distribution", distribution.clone()),
                 ("seed", run.seed.to_string()),
                 ("epochs", reports.len().to_string()),
+                ("evaluated_on", eval_set(run)),
                 (
-                    "test_acc",
+                    if run.holdout.is_some() {
+                        "holdout_acc"
+                    } else {
+                        "test_acc"
+                    },
                     reports
                         .last()
                         .map_or(String::new(), |r| r.test_acc.to_string()),
@@ -1251,12 +1296,19 @@ fn run_compare(mut args: CompareArgs) -> rewire::Result<()> {
     }
     compare::relate_to_dense(&mut rows);
     say!("\n{}", compare::table(&rows));
+    if let Some(n) = args.run.holdout {
+        say!("(accuracies on the last {n} training samples, held out by --holdout, not on the test set)");
+    }
     let title = format!("{} {}", args.run.dataset, args.run.model);
     compare::plot(
         &args.out.join("accuracy_vs_sparsity.svg"),
         &rows,
         &title,
-        "test accuracy (%)",
+        if args.run.holdout.is_some() {
+            "held-out accuracy (%)"
+        } else {
+            "test accuracy (%)"
+        },
         |r| 100.0 * r.test_acc,
     )?;
     compare::plot(

@@ -80,6 +80,10 @@ fn bad_arguments_are_errors_that_name_the_problem() {
         ),
         (&["bench", "conv", "--ksize", "2"], "odd kernel side"),
         (&["bench", "spmm", "--m", "64, 64"], "listed twice"),
+        (
+            &["train", "--dataset", "synthetic", "--holdout", "10000"],
+            "nothing to train on",
+        ),
     ];
     fails_naming(cases);
     // a sweep is checked whole before its first configuration is timed
@@ -360,6 +364,36 @@ fn train_is_reproducible_from_its_seed_and_logs_every_epoch() {
     // the generated data is learnable: well above the 10% of chance after two epochs
     let acc = a[1]["report"]["test_acc"].as_f64().expect("test_acc");
     assert!(acc > 0.6, "test accuracy {acc}");
+}
+
+/// `--holdout N` trains on all but the last `N` training samples and reports accuracy on
+/// those, saying so on screen and in the log.
+#[test]
+fn holdout_evaluates_on_held_out_training_samples() {
+    let dir = scratch("cli-holdout");
+    let log = dir.join("h.jsonl");
+    let mut args = train_args(log.to_str().expect("utf-8 path"), "3");
+    args.retain(|a| *a != "--train-subset" && *a != "1000");
+    args.extend(["--holdout", "1500"]);
+    let out = rewire(&args);
+    assert!(out.status.success(), "train failed:\n{}", text(&out.stderr));
+    let printed = text(&out.stdout) + &text(&out.stderr);
+    // synthetic data has 10000 training samples
+    assert!(
+        printed.contains("8500 train / 1500 held-out samples"),
+        "{printed}"
+    );
+    assert_eq!(
+        printed
+            .lines()
+            .filter(|l| l.starts_with("epoch") && l.contains("held-out"))
+            .count(),
+        2,
+        "{printed}"
+    );
+    for r in reports(&log) {
+        assert_eq!(r["evaluated_on"], "holdout:1500", "{r}");
+    }
 }
 
 #[test]
