@@ -163,7 +163,7 @@ struct RunArgs {
     /// sgd, adam, adamw
     #[arg(long, default_value = "sgd")]
     optimizer: String,
-    /// SGD momentum
+    /// SGD momentum; Adam's β1
     #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
     momentum: f32,
     /// Nesterov momentum (SGD)
@@ -365,7 +365,8 @@ fn flag_of(name: &str) -> Option<&'static str> {
         "batch_size" => "--batch-size",
         "lr" => "--lr",
         "weight_decay" => "--weight-decay",
-        "momentum" => "--momentum",
+        "momentum" | "beta1" => "--momentum",
+        "nesterov" => "--nesterov",
         "dropout" => "--dropout",
         "schedule" => "--schedule",
         "activation" => "--activation",
@@ -795,8 +796,14 @@ fn build(
             nesterov: run.nesterov,
             weight_decay: run.weight_decay,
         },
+        "adam" | "adamw" if run.nesterov => {
+            return Err(rewire::Error::arg(
+                "nesterov",
+                "Nesterov momentum is an SGD option (--optimizer sgd)",
+            ))
+        }
         "adam" | "adamw" => OptimizerConfig::Adam {
-            beta1: 0.9,
+            beta1: run.momentum,
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: run.weight_decay,

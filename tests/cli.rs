@@ -84,6 +84,29 @@ fn bad_arguments_are_errors_that_name_the_problem() {
             &["train", "--dataset", "synthetic", "--holdout", "10000"],
             "nothing to train on",
         ),
+        (
+            &[
+                "train",
+                "--dataset",
+                "synthetic",
+                "--optimizer",
+                "adam",
+                "--nesterov",
+            ],
+            "SGD option",
+        ),
+        (
+            &[
+                "train",
+                "--dataset",
+                "synthetic",
+                "--optimizer",
+                "adam",
+                "--momentum",
+                "1.5",
+            ],
+            "--momentum",
+        ),
     ];
     fails_naming(cases);
     // a sweep is checked whole before its first configuration is timed
@@ -394,6 +417,24 @@ fn holdout_evaluates_on_held_out_training_samples() {
     for r in reports(&log) {
         assert_eq!(r["evaluated_on"], "holdout:1500", "{r}");
     }
+}
+
+/// `--momentum` is Adam's β1: two Adam runs that differ only in it differ.
+#[test]
+fn momentum_sets_adams_beta1() {
+    let dir = scratch("cli-adam-beta1");
+    let runs: Vec<Vec<serde_json::Value>> = ["0.9", "0.5"]
+        .iter()
+        .map(|m| {
+            let log = dir.join(format!("adam-{m}.jsonl"));
+            let mut args = train_args(log.to_str().expect("utf-8 path"), "5");
+            args.extend(["--optimizer", "adam", "--lr", "0.001", "--momentum", m]);
+            let out = rewire(&args);
+            assert!(out.status.success(), "train failed:\n{}", text(&out.stderr));
+            reports(&log)
+        })
+        .collect();
+    assert_ne!(runs[0], runs[1], "--momentum did not change the Adam run");
 }
 
 #[test]
