@@ -557,10 +557,20 @@ fn thread_pool(run: &RunArgs) -> rewire::Result<(rayon::ThreadPool, usize)> {
     Ok((pool, threads))
 }
 
+/// The data of a run.
+struct RunData {
+    /// what trains
+    train: rewire::data::Dataset,
+    /// what is evaluated after each epoch
+    eval: rewire::data::Dataset,
+    /// how a real dataset's pixels were normalised (none for generated data)
+    norm: Option<rewire::data::Normalization>,
+}
+
 /// The training set and the set evaluated after each epoch: the test set, or with
 /// `--holdout N` the last `N` training samples (taken out of the training set).
-fn load_data(run: &RunArgs) -> rewire::Result<(rewire::data::Dataset, rewire::data::Dataset)> {
-    let (train_set, test_set) = load_dataset(&run.dataset, &run.data_dir, run.seed)?;
+fn load_data(run: &RunArgs) -> rewire::Result<RunData> {
+    let (train_set, test_set, norm) = load_dataset(&run.dataset, &run.data_dir, run.seed)?;
     let (train_set, test_set) = match run.holdout {
         Some(n) if n >= train_set.n => {
             return Err(rewire::Error::arg(
@@ -595,7 +605,11 @@ fn load_data(run: &RunArgs) -> rewire::Result<(rewire::data::Dataset, rewire::da
         }
         None => train_set,
     };
-    Ok((train_set, test_set))
+    Ok(RunData {
+        train: train_set,
+        eval: test_set,
+        norm,
+    })
 }
 
 /// What the reported accuracies were measured on: `test`, or `holdout:N` (the last `N`
@@ -607,24 +621,33 @@ fn eval_set(run: &RunArgs) -> String {
     }
 }
 
-/// The train and test splits of `dataset` (`synthetic`: generated from `seed`).
+/// The train and test splits of `dataset` (`synthetic`: generated from `seed`), and the
+/// normalisation of a real one.
 fn load_dataset(
     dataset: &str,
     data_dir: &std::path::Path,
     seed: u64,
-) -> rewire::Result<(rewire::data::Dataset, rewire::data::Dataset)> {
-    use rewire::data::{self, Dataset, DatasetName};
+) -> rewire::Result<(
+    rewire::data::Dataset,
+    rewire::data::Dataset,
+    Option<rewire::data::Normalization>,
+)> {
     Ok(if dataset == "synthetic" {
-        Dataset::synthetic(12_000, 784, 10, seed).split(10_000)
+        let (train, test) = rewire::data::Dataset::synthetic(12_000, 784, 10, seed).split(10_000);
+        (train, test, None)
     } else {
-        let name = DatasetName::parse(dataset).map_err(|_| {
-            rewire::Error::arg(
-                "dataset",
-                format!("unknown dataset {dataset:?} (mnist, fashion-mnist, synthetic)"),
-            )
-        })?;
-        let splits = data::load(name, data_dir)?;
-        (splits.train, splits.test)
+        let splits = rewire::data::load(dataset_name(dataset)?, data_dir)?;
+        (splits.train, splits.test, Some(splits.norm))
+    })
+}
+
+/// A real dataset by its name.
+fn dataset_name(dataset: &str) -> rewire::Result<rewire::data::DatasetName> {
+    rewire::data::DatasetName::parse(dataset).map_err(|_| {
+        rewire::Error::arg(
+            "dataset",
+            format!("unknown dataset {dataset:?} (mnist, fashion-mnist, synthetic)"),
+        )
     })
 }
 
@@ -992,13 +1015,13 @@ fn run_one(
     prepared: Prepared,
     run: &RunArgs,
     method: &str,
-    data: &(rewire::data::Dataset, rewire::data::Dataset),
+    data: &RunData,
     threads: usize,
     device: Option<&Device>,
     out: Outputs,
 ) -> rewire::Result<Vec<rewire::train::EpochReport>> {
     let Outputs { mut log, save } = out;
-    let (train_set, test_set) = data;
+    let (train_set, test_set) = (&data.train, &data.eval);
     let Prepared {
         mut built,
         cfg,
@@ -1106,7 +1129,7 @@ fn run_one(
     }
     if let Some(path) = save {
         let model = built.model();
-        let meta = std::collections::BTreeMap::from(
+        let mut meta = std::collections::BTreeMap::from(
             [
                 ("rewire_version", env!("CARGO_PKG_VERSION").to_string()),
                 ("dataset", run.dataset.clone()),
@@ -1134,6 +1157,12 @@ fn run_one(
             ]
             .map(|(k, v)| (k.to_string(), v)),
         );
+        if let Some(norm) = data.norm {
+            // what `rewire eval` normalises the test images with, so that it needs no
+            // training files and feeds the model what it was trained on
+            meta.insert("norm_mean".into(), norm.mean.to_string());
+            meta.insert("norm_std".into(), norm.std.to_string());
+        }
         rewire::io::save(path, model, &meta)?;
         say!(
             "wrote {} ({} live weights of {})",
@@ -1189,7 +1218,7 @@ fn run_train(mut args: TrainArgs) -> rewire::Result<()> {
         method,
         args.sparsity.unwrap_or(0.9),
         init,
-        &data.0,
+        &data.train,
         threads,
     )?;
     let mut log = args
@@ -1264,7 +1293,7 @@ fn run_compare(mut args: CompareArgs) -> rewire::Result<()> {
     }
     // every run's settings, before the first one trains
     for &(method, sparsity) in &runs {
-        build(&args.run, method, sparsity, &data.0, threads)?;
+        build(&args.run, method, sparsity, &data.train, threads)?;
     }
     std::fs::create_dir_all(&args.out).map_err(|e| rewire::Error::io(&args.out, e))?;
     let mut rows = Vec::new();
@@ -1279,7 +1308,7 @@ fn run_compare(mut args: CompareArgs) -> rewire::Result<()> {
         let save = args
             .save_models
             .then(|| args.out.join(format!("{method}-{sparsity}.safetensors")));
-        let prepared = prepare(&args.run, method, sparsity, None, &data.0, threads)?;
+        let prepared = prepare(&args.run, method, sparsity, None, &data.train, threads)?;
         let reports = pool.install(|| {
             run_one(
                 prepared,
@@ -1369,7 +1398,30 @@ fn run_eval(mut args: EvalArgs) -> rewire::Result<()> {
     } else {
         0
     };
-    let (_, test_set) = load_dataset(&dataset, &args.data_dir, seed)?;
+    let float = |key: &str| -> rewire::Result<f64> {
+        get(key)?.parse().map_err(|_| {
+            rewire::Error::format(&args.file, format!("metadata {key:?} is not a number"))
+        })
+    };
+    let test_set = if dataset != "synthetic" && meta.contains_key("norm_mean") {
+        // the pixels normalised as in training: only the test files are read
+        let norm = rewire::data::Normalization {
+            mean: float("norm_mean")?,
+            std: float("norm_std")?,
+        }
+        .validate()
+        .map_err(|e| rewire::Error::format(&args.file, format!("metadata: {e}")))?;
+        rewire::data::load_test(dataset_name(&dataset)?, &args.data_dir, norm)?
+    } else {
+        if dataset != "synthetic" {
+            say!(
+                "note: {} records no normalisation (an older file); normalising with \
+                 {dataset}'s training-set statistics",
+                args.file.display()
+            );
+        }
+        load_dataset(&dataset, &args.data_dir, seed)?.1
+    };
     let (dim, classes) = (num("input_dim")?, num("classes")?);
     if test_set.dim != dim || test_set.classes > classes {
         return Err(rewire::Error::arg(

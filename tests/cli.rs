@@ -419,6 +419,31 @@ fn holdout_evaluates_on_held_out_training_samples() {
     }
 }
 
+/// `eval` rebuilds a saved model and finds the test accuracy its training run logged.
+#[test]
+fn eval_reproduces_the_saved_models_test_accuracy() {
+    let dir = scratch("cli-eval");
+    let (log, model) = (dir.join("run.jsonl"), dir.join("run.safetensors"));
+    let mut args = train_args(log.to_str().expect("utf-8 path"), "11");
+    args.extend(["--save", model.to_str().expect("utf-8 path")]);
+    let out = rewire(&args);
+    assert!(out.status.success(), "train failed:\n{}", text(&out.stderr));
+    let logged = reports(&log).last().expect("a report")["report"]["test_acc"]
+        .as_f64()
+        .expect("test_acc");
+    let out = rewire(&["eval", model.to_str().expect("utf-8 path")]);
+    let printed = text(&out.stdout) + &text(&out.stderr);
+    assert!(out.status.success(), "eval failed:\n{printed}");
+    let line = printed
+        .lines()
+        .find(|l| l.starts_with("synthetic test: loss"))
+        .unwrap_or_else(|| panic!("no result line:\n{printed}"));
+    assert!(
+        line.contains(&format!("accuracy {:.2}%", 100.0 * logged)),
+        "logged {logged}, eval printed {line}"
+    );
+}
+
 /// `--momentum` is Adam's β1: two Adam runs that differ only in it differ.
 #[test]
 fn momentum_sets_adams_beta1() {

@@ -11,7 +11,10 @@ use std::time::Instant;
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
-use rewire::data::{find_dataset_dir, load, parse_idx, read_idx, Dataset, DatasetName, IdxArray};
+use rewire::data::{
+    find_dataset_dir, load, load_test, parse_idx, read_idx, Dataset, DatasetName, IdxArray,
+    Normalization,
+};
 use rewire::Error;
 
 // ---------------------------------------------------------------------------------------
@@ -380,6 +383,42 @@ fn load_generated_dataset_normalises_with_train_stats() {
             assert!((x as f64 - want).abs() < 1e-5, "pixel {k}: {x} vs {want}");
         }
     }
+}
+
+/// The test split alone, through the normalisation `load` reported: the same dataset,
+/// with the training files gone; a normalisation that cannot normalise is refused.
+#[test]
+fn load_test_needs_only_the_test_files_and_the_normalisation() {
+    let tmp = TempDir::new("load-test");
+    let dir = tmp.path().join("mnist");
+    write_dataset(&dir, 50, 20);
+    let s = load(DatasetName::Mnist, tmp.path()).unwrap();
+    assert!(s.norm.mean > 0.0 && s.norm.std > 0.0, "{:?}", s.norm);
+    std::fs::remove_file(dir.join("train-images-idx3-ubyte.gz")).unwrap();
+    std::fs::remove_file(dir.join("train-labels-idx1-ubyte")).unwrap();
+    expect_err(load(DatasetName::Mnist, tmp.path()), &["train-images"]);
+    let test = load_test(DatasetName::Mnist, tmp.path(), s.norm).unwrap();
+    assert_eq!(test, s.test);
+    for bad in [
+        Normalization {
+            mean: 0.5,
+            std: 0.0,
+        },
+        Normalization {
+            mean: f64::NAN,
+            std: 1.0,
+        },
+    ] {
+        expect_err(
+            load_test(DatasetName::Mnist, tmp.path(), bad),
+            &["normalization"],
+        );
+    }
+    std::fs::remove_file(dir.join("t10k-labels-idx1-ubyte")).unwrap();
+    expect_err(
+        load_test(DatasetName::Mnist, tmp.path(), s.norm),
+        &["t10k-labels-idx1-ubyte", "fetch-data.sh"],
+    );
 }
 
 /// Writes a good dataset, then overwrites one file with `bytes`.

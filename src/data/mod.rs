@@ -120,6 +120,42 @@ pub struct Splits {
     pub train: Dataset,
     /// Test split, normalised with the training split's statistics.
     pub test: Dataset,
+    /// The normalisation both splits went through (the training split's statistics).
+    pub norm: Normalization,
+}
+
+/// How raw pixels became features: `x' = (byte / 255 − mean) / std`, one mean and one
+/// standard deviation for all pixels (those of the training split). A model trained on
+/// data normalised so expects its inputs normalised the same way; model files keep it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Normalization {
+    /// mean pixel value, in `[0, 1]`
+    pub mean: f64,
+    /// standard deviation of the pixel values, `> 0`
+    pub std: f64,
+}
+
+impl Normalization {
+    /// Checks the two numbers can normalise: both finite, `std > 0`.
+    pub fn validate(self) -> Result<Self> {
+        if self.mean.is_finite() && self.std.is_finite() && self.std > 0.0 {
+            Ok(self)
+        } else {
+            Err(Error::arg(
+                "normalization",
+                format!(
+                    "needs a finite mean and a finite standard deviation > 0, got mean {} and \
+                     std {}",
+                    self.mean, self.std
+                ),
+            ))
+        }
+    }
+
+    /// The feature of each byte value.
+    fn table(self) -> [f32; 256] {
+        std::array::from_fn(|v| ((v as f64 / 255.0 - self.mean) / self.std) as f32)
+    }
 }
 
 /// `dir/name` or `dir/name.gz`, whichever exists (the raw file first).
@@ -137,14 +173,19 @@ fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
 /// when it holds `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`,
 /// `t10k-images-idx3-ubyte` and `t10k-labels-idx1-ubyte`, each raw or with `.gz`.
 pub fn find_dataset_dir(name: DatasetName, data_dir: &Path) -> Option<PathBuf> {
-    name.candidates(data_dir)
-        .into_iter()
-        .find(|dir| FILES.iter().all(|f| find_file(dir, f).is_some()))
+    find_dir_with(name, data_dir, &FILES)
 }
 
-/// The error for a dataset found nowhere: every place looked, what each lacked, and how
-/// to fetch the files.
-fn not_found(name: DatasetName, data_dir: &Path) -> Error {
+/// The first of `name`'s candidate directories holding every one of `files`.
+fn find_dir_with(name: DatasetName, data_dir: &Path, files: &[&str]) -> Option<PathBuf> {
+    name.candidates(data_dir)
+        .into_iter()
+        .find(|dir| files.iter().all(|f| find_file(dir, f).is_some()))
+}
+
+/// The error for a dataset found nowhere: every place looked, which of `files` each
+/// lacked, and how to fetch the files.
+fn not_found(name: DatasetName, data_dir: &Path, files: &[&str]) -> Error {
     let places = name.candidates(data_dir);
     let looked: Vec<String> = places
         .iter()
@@ -152,7 +193,7 @@ fn not_found(name: DatasetName, data_dir: &Path) -> Error {
             if !dir.is_dir() {
                 format!("{} (does not exist)", dir.display())
             } else {
-                let missing: Vec<&str> = FILES
+                let missing: Vec<&str> = files
                     .iter()
                     .copied()
                     .filter(|f| find_file(dir, f).is_none())
@@ -167,7 +208,7 @@ fn not_found(name: DatasetName, data_dir: &Path) -> Error {
             "{name} dataset not found; looked in: {}; each place needs {} (raw or .gz); \
              run scripts/fetch-data.sh to fetch it",
             looked.join("; "),
-            FILES.join(", ")
+            files.join(", ")
         ),
     )
 }
@@ -296,7 +337,7 @@ fn to_dataset(pixels: &[u8], labels: Vec<u8>, n: usize, dim: usize, lut: &[f32; 
 /// lists every place looked and points to `scripts/fetch-data.sh`; a malformed file is
 /// an [`Error::Format`] naming it.
 pub fn load(name: DatasetName, data_dir: &Path) -> Result<Splits> {
-    let dir = find_dataset_dir(name, data_dir).ok_or_else(|| not_found(name, data_dir))?;
+    let dir = find_dataset_dir(name, data_dir).ok_or_else(|| not_found(name, data_dir, &FILES))?;
     let path = |f: &str| find_file(&dir, f).unwrap_or_else(|| dir.join(f));
     let [tri_p, trl_p, tei_p, tel_p] = FILES.map(path);
 
@@ -333,12 +374,45 @@ pub fn load(name: DatasetName, data_dir: &Path) -> Result<Splits> {
     }
 
     let (mean, std) = pixel_stats(&histogram(&tri.data));
-    let lut: [f32; 256] = std::array::from_fn(|v| ((v as f64 / 255.0 - mean) / std) as f32);
+    let norm = Normalization { mean, std };
+    let lut = norm.table();
     let dim = h * w;
     Ok(Splits {
         train: to_dataset(&tri.data, trl.data, n_train, dim, &lut),
         test: to_dataset(&tei.data, tel.data, n_test, dim, &lut),
+        norm,
     })
+}
+
+/// The test split of MNIST or Fashion-MNIST alone, normalised with `norm` (the training
+/// split's statistics as [`load`] computed them, kept in a model file): the training
+/// files need not be present. The same checks as [`load`], on the test files.
+pub fn load_test(name: DatasetName, data_dir: &Path, norm: Normalization) -> Result<Dataset> {
+    let norm = norm.validate()?;
+    let files = [TEST_IMAGES, TEST_LABELS];
+    let dir =
+        find_dir_with(name, data_dir, &files).ok_or_else(|| not_found(name, data_dir, &files))?;
+    let path = |f: &str| find_file(&dir, f).unwrap_or_else(|| dir.join(f));
+    let [tei_p, tel_p] = files.map(path);
+    let (tei, tel) = rayon::join(|| read_idx(&tei_p), || read_idx(&tel_p));
+    let (tei, tel) = (tei?, tel?);
+    let (n_test, h, w) = check_pair(&tei_p, &tei, &tel_p, &tel)?;
+    if n_test == 0 {
+        return Err(Error::format(&tei_p, "the test set holds no images"));
+    }
+    if (h, w) != (28, 28) {
+        return Err(Error::format(
+            &tei_p,
+            format!("images are {h}×{w}; {} images are 28×28", name.dir_name()),
+        ));
+    }
+    Ok(to_dataset(
+        &tei.data,
+        tel.data,
+        n_test,
+        h * w,
+        &norm.table(),
+    ))
 }
 
 /// SplitMix64 finaliser: spreads a seed's bits so nearby seeds give unrelated streams.
