@@ -149,7 +149,38 @@ pub fn save(path: &Path, model: &dyn Model, metadata: &BTreeMap<String, String>)
     let bytes =
         safetensors::tensor::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(meta))
             .map_err(|e| Error::format(path, format!("cannot serialise the model: {e}")))?;
-    write_atomically(path, &bytes)
+    write_atomically(path, &canonical_header(bytes))
+}
+
+/// The file with its JSON header's keys in sorted order: `safetensors` writes the
+/// metadata from a `HashMap`, whose order changes from map to map, so the same model
+/// would otherwise give files that differ byte for byte. The header keeps its length
+/// (the same keys and values, reordered; the padding after it restored), so the tensor
+/// data behind it is untouched. Bytes that do not parse as expected are returned as
+/// they are.
+fn canonical_header(mut bytes: Vec<u8>) -> Vec<u8> {
+    let Some(len) = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+    else {
+        return bytes;
+    };
+    let Some(header) = bytes.get(8..8usize.saturating_add(len)) else {
+        return bytes;
+    };
+    // serde_json's map (without its preserve_order feature) is sorted by key
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(header) else {
+        return bytes;
+    };
+    let Ok(mut sorted) = serde_json::to_vec(&value) else {
+        return bytes;
+    };
+    if sorted.len() > len {
+        return bytes;
+    }
+    sorted.resize(len, b' ');
+    bytes[8..8 + len].copy_from_slice(&sorted);
+    bytes
 }
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it to `path`.
