@@ -63,9 +63,14 @@ pub enum Error {
         /// what is wrong with it
         detail: String,
     },
-    /// Training diverged or was fed values it cannot use (a NaN loss, ...).
+    /// Training cannot go on: its state is not what a step needs.
     #[error("training failed: {0}")]
     Training(String),
+    /// Training diverged: the loss or the weights stopped being finite numbers (a
+    /// learning rate too high, most often). A property of the run's settings, not a
+    /// fault: `rewire compare` records it and goes on to the next run.
+    #[error("training diverged: {0}")]
+    Diverged(String),
     /// An I/O failure, with the path involved.
     #[error("I/O error on {path}: {detail}")]
     Io {

@@ -1297,6 +1297,7 @@ fn run_compare(mut args: CompareArgs) -> rewire::Result<()> {
     }
     std::fs::create_dir_all(&args.out).map_err(|e| rewire::Error::io(&args.out, e))?;
     let mut rows = Vec::new();
+    let mut diverged = Vec::new();
     for (k, &(method, sparsity)) in runs.iter().enumerate() {
         say!(
             "== run {}/{}: {method} at sparsity {sparsity}",
@@ -1309,7 +1310,7 @@ fn run_compare(mut args: CompareArgs) -> rewire::Result<()> {
             .save_models
             .then(|| args.out.join(format!("{method}-{sparsity}.safetensors")));
         let prepared = prepare(&args.run, method, sparsity, None, &data.train, threads)?;
-        let reports = pool.install(|| {
+        let result = pool.install(|| {
             run_one(
                 prepared,
                 &args.run,
@@ -1322,13 +1323,32 @@ fn run_compare(mut args: CompareArgs) -> rewire::Result<()> {
                     save: save.as_deref(),
                 },
             )
-        })?;
+        });
+        let reports = match result {
+            // a diverged run is an outcome of its settings: the others still run
+            Err(rewire::Error::Diverged(why)) => {
+                say!(
+                    "{method} at sparsity {sparsity} diverged ({why}); its finished epochs, if any, are \
+                     in {}",
+                    log_path.display()
+                );
+                diverged.push(format!("{method} at {sparsity}"));
+                continue;
+            }
+            other => other?,
+        };
         rows.push(compare::summarize(method, sparsity, &reports)?);
         // rewrite the summaries after every run, so an interrupted comparison keeps them
         let mut partial = rows.clone();
         compare::relate_to_dense(&mut partial);
         compare::write_csv(&args.out.join("compare.csv"), &partial)?;
         compare::write_json(&args.out.join("compare.json"), &partial)?;
+    }
+    if rows.is_empty() {
+        return Err(rewire::Error::Diverged(format!(
+            "every run diverged ({}); nothing to compare",
+            diverged.join(", ")
+        )));
     }
     compare::relate_to_dense(&mut rows);
     say!("\n{}", compare::table(&rows));
@@ -1358,7 +1378,16 @@ fn run_compare(mut args: CompareArgs) -> rewire::Result<()> {
         "wrote {0}/compare.csv, {0}/compare.json, {0}/accuracy_vs_sparsity.svg, {0}/epoch_time_vs_sparsity.svg and one log per run",
         args.out.display()
     );
-    Ok(())
+    if diverged.is_empty() {
+        Ok(())
+    } else {
+        Err(rewire::Error::Diverged(format!(
+            "{} of {} runs diverged and are not in the table: {}",
+            diverged.len(),
+            runs.len(),
+            diverged.join(", ")
+        )))
+    }
 }
 
 fn run_eval(mut args: EvalArgs) -> rewire::Result<()> {

@@ -444,6 +444,48 @@ fn eval_reproduces_the_saved_models_test_accuracy() {
     );
 }
 
+/// A run of `compare` that diverges is reported and the others go on: the table and
+/// files hold the runs that finished, and the command fails naming the diverged ones.
+#[test]
+fn compare_goes_on_past_a_diverged_run() {
+    let dir = scratch("cli-compare-diverged");
+    // at this learning rate the dense MLP diverges within its first epoch; with 1% of
+    // its weights the sparse one does not
+    let out = rewire(&[
+        "compare",
+        "--dataset",
+        "synthetic",
+        "--model",
+        "mlp:64",
+        "--methods",
+        "static",
+        "--sparsities",
+        "0.99",
+        "--epochs",
+        "1",
+        "--lr",
+        "10",
+        "--no-progress",
+        "--out",
+        dir.to_str().expect("utf-8 path"),
+    ]);
+    let err = text(&out.stderr);
+    let printed = text(&out.stdout) + &err;
+    assert!(!out.status.success(), "compare succeeded:\n{printed}");
+    assert!(
+        printed.contains("dense at sparsity 0 diverged"),
+        "{printed}"
+    );
+    assert!(
+        err.contains("1 of 2 runs diverged and are not in the table: dense at 0"),
+        "{err}"
+    );
+    let csv = std::fs::read_to_string(dir.join("compare.csv")).expect("compare.csv");
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "{csv}");
+    assert!(rows[0].starts_with("static,0.99,"), "{csv}");
+}
+
 /// `--momentum` is Adam's β1: two Adam runs that differ only in it differ.
 #[test]
 fn momentum_sets_adams_beta1() {

@@ -770,7 +770,7 @@ pub(super) fn run<N: DeviceNet>(
             )?;
             let lv = losses.iter().map(|&v| v as f64).sum::<f64>() / b.max(1) as f64;
             if !lv.is_finite() {
-                return Err(Error::Training(format!(
+                return Err(Error::Diverged(format!(
                     "the loss became {lv} at epoch {}, step {step} (learning rate {lr}); try a lower learning rate (--lr)",
                     epoch + 1
                 )));

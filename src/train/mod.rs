@@ -468,7 +468,7 @@ fn train_here(
             )?;
             let (loss, lv) = (fwd.loss, tape.value(fwd.loss)[0]);
             if !lv.is_finite() {
-                return Err(Error::Training(format!(
+                return Err(Error::Diverged(format!(
                     "the loss became {lv} at epoch {}, step {step} (learning rate {lr}); try a lower learning rate (--lr)",
                     epoch + 1
                 )));
@@ -533,7 +533,7 @@ pub(crate) fn check_test_loss(test_loss: f64, epoch: usize) -> Result<()> {
     if test_loss.is_finite() {
         Ok(())
     } else {
-        Err(Error::Training(format!(
+        Err(Error::Diverged(format!(
             "the test loss became {test_loss} after epoch {}: the weights diverged; try a \
              lower learning rate (--lr)",
             epoch + 1
