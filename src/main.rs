@@ -366,6 +366,7 @@ fn flag_of(name: &str) -> Option<&'static str> {
         "lr" => "--lr",
         "weight_decay" => "--weight-decay",
         "momentum" | "beta1" => "--momentum",
+        "holdout" => "--holdout",
         "nesterov" => "--nesterov",
         "dropout" => "--dropout",
         "schedule" => "--schedule",
@@ -1296,6 +1297,22 @@ fn run_compare(mut args: CompareArgs) -> rewire::Result<()> {
         build(&args.run, method, sparsity, &data.train, threads)?;
     }
     std::fs::create_dir_all(&args.out).map_err(|e| rewire::Error::io(&args.out, e))?;
+    // the summaries of an earlier comparison in the same folder go: what is there at the
+    // end is this one's
+    for name in [
+        "compare.csv",
+        "compare.json",
+        "accuracy_vs_sparsity.svg",
+        "epoch_time_vs_sparsity.svg",
+    ] {
+        let path = args.out.join(name);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(rewire::Error::io(&path, e))
+            }
+            _ => {}
+        }
+    }
     let mut rows = Vec::new();
     let mut diverged = Vec::new();
     for (k, &(method, sparsity)) in runs.iter().enumerate() {
@@ -1327,6 +1344,10 @@ fn run_compare(mut args: CompareArgs) -> rewire::Result<()> {
         let reports = match result {
             // a diverged run is an outcome of its settings: the others still run
             Err(rewire::Error::Diverged(why)) => {
+                // no model file from an earlier comparison in the folder stands in for it
+                if let Some(path) = save.as_deref() {
+                    let _ = std::fs::remove_file(path);
+                }
                 say!(
                     "{method} at sparsity {sparsity} diverged ({why}); its finished epochs, if any, are \
                      in {}",
@@ -1337,7 +1358,12 @@ fn run_compare(mut args: CompareArgs) -> rewire::Result<()> {
             }
             other => other?,
         };
-        rows.push(compare::summarize(method, sparsity, &reports)?);
+        rows.push(compare::summarize(
+            method,
+            sparsity,
+            &reports,
+            &eval_set(&args.run),
+        )?);
         // rewrite the summaries after every run, so an interrupted comparison keeps them
         let mut partial = rows.clone();
         compare::relate_to_dense(&mut partial);
@@ -1351,7 +1377,12 @@ fn run_compare(mut args: CompareArgs) -> rewire::Result<()> {
         )));
     }
     compare::relate_to_dense(&mut rows);
-    say!("\n{}", compare::table(&rows));
+    let acc_label = if args.run.holdout.is_some() {
+        "held-out acc"
+    } else {
+        "test acc"
+    };
+    say!("\n{}", compare::table(&rows, acc_label));
     if let Some(n) = args.run.holdout {
         say!("(accuracies on the last {n} training samples, held out by --holdout, not on the test set)");
     }
@@ -1443,8 +1474,13 @@ fn run_eval(mut args: EvalArgs) -> rewire::Result<()> {
         rewire::data::load_test(dataset_name(&dataset)?, &args.data_dir, norm)?
     } else {
         if dataset != "synthetic" {
+            let why = if meta.get("dataset").is_some_and(|d| d == "synthetic") {
+                "its model was trained on generated data"
+            } else {
+                "an older file"
+            };
             say!(
-                "note: {} records no normalisation (an older file); normalising with \
+                "note: {} records no pixel normalisation ({why}); normalising with \
                  {dataset}'s training-set statistics",
                 args.file.display()
             );

@@ -486,6 +486,75 @@ fn compare_goes_on_past_a_diverged_run() {
     assert!(rows[0].starts_with("static,0.99,"), "{csv}");
 }
 
+/// Writes `n` 28×28 images and their labels as the IDX files `{prefix}-images-idx3-ubyte`
+/// and `{prefix}-labels-idx1-ubyte` in `dir`: label `i % 10`, pixels that depend on it.
+fn write_idx_split(dir: &Path, prefix: &str, n: usize) {
+    let mut images = vec![0, 0, 8, 3];
+    for d in [n as u32, 28, 28] {
+        images.extend(d.to_be_bytes());
+    }
+    let mut labels = vec![0, 0, 8, 1];
+    labels.extend((n as u32).to_be_bytes());
+    for i in 0..n {
+        let label = (i % 10) as u8;
+        labels.push(label);
+        images.extend((0..784).map(|p| ((p * (label as usize + 1) + i * 7) % 256) as u8));
+    }
+    std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).expect("write");
+    std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).expect("write");
+}
+
+/// A model trained on an IDX dataset keeps its normalisation: `eval` needs only the two
+/// test files and finds the test accuracy the run logged.
+#[test]
+fn eval_of_a_real_dataset_needs_only_its_test_files() {
+    let dir = scratch("cli-eval-idx");
+    let data = dir.join("data");
+    let mnist = data.join("mnist");
+    std::fs::create_dir_all(&mnist).expect("mkdir");
+    write_idx_split(&mnist, "train", 300);
+    write_idx_split(&mnist, "t10k", 100);
+    let (log, model) = (dir.join("run.jsonl"), dir.join("run.safetensors"));
+    let path = |p: &Path| p.to_str().expect("utf-8 path").to_string();
+    let (data_s, log_s, model_s) = (path(&data), path(&log), path(&model));
+    let out = rewire(&[
+        "train",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        &data_s,
+        "--model",
+        "mlp:16",
+        "--method",
+        "static",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--log",
+        &log_s,
+        "--save",
+        &model_s,
+    ]);
+    assert!(out.status.success(), "train failed:\n{}", text(&out.stderr));
+    let logged = reports(&log).last().expect("a report")["report"]["test_acc"]
+        .as_f64()
+        .expect("test_acc");
+    for f in ["train-images-idx3-ubyte", "train-labels-idx1-ubyte"] {
+        std::fs::remove_file(mnist.join(f)).expect("remove");
+    }
+    let out = rewire(&["eval", &model_s, "--data-dir", &data_s]);
+    let printed = text(&out.stdout) + &text(&out.stderr);
+    assert!(out.status.success(), "eval failed:\n{printed}");
+    let line = printed
+        .lines()
+        .find(|l| l.starts_with("mnist test: loss"))
+        .unwrap_or_else(|| panic!("no result line:\n{printed}"));
+    assert!(
+        line.contains(&format!("accuracy {:.2}%", 100.0 * logged)),
+        "logged {logged}, eval printed {line}"
+    );
+}
+
 /// `--momentum` is Adam's β1: two Adam runs that differ only in it differ.
 #[test]
 fn momentum_sets_adams_beta1() {
@@ -533,6 +602,12 @@ fn compare_writes_its_table_data_and_plots() {
     let csv = std::fs::read_to_string(dir.join("compare.csv")).expect("compare.csv");
     // a header and one row each for dense and the two methods at two sparsities
     assert_eq!(csv.lines().count(), 1 + 1 + 2 * 2, "{csv}");
+    // each row says what its accuracy was measured on
+    assert!(csv
+        .lines()
+        .next()
+        .is_some_and(|h| h.ends_with(",evaluated_on")));
+    assert!(csv.lines().skip(1).all(|l| l.ends_with(",test")), "{csv}");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("compare.json")).expect("json"))
             .expect("compare.json parses");

@@ -20,8 +20,11 @@ pub struct CompareRow {
     pub sparsity: f64,
     /// fraction of the dense model's weights not live at the end
     pub actual_sparsity: f64,
-    /// test accuracy after the last epoch
+    /// accuracy after the last epoch, on the set named by `evaluated_on`
     pub test_acc: f64,
+    /// what `test_acc` was measured on: `test`, or `holdout:N` (the last `N` training
+    /// samples, held out from training)
+    pub evaluated_on: String,
     /// test accuracy minus the dense run's, in points
     pub delta_vs_dense: f64,
     /// mean epoch time (training steps), seconds
@@ -36,9 +39,14 @@ pub struct CompareRow {
     pub epochs: usize,
 }
 
-/// Summarises one run's epoch reports (the dense-relative fields are filled by
-/// [`relate_to_dense`]).
-pub fn summarize(method: &str, sparsity: f64, reports: &[EpochReport]) -> Result<CompareRow> {
+/// Summarises one run's epoch reports, evaluated on `evaluated_on` (`test`,
+/// `holdout:N`); the dense-relative fields are filled by [`relate_to_dense`].
+pub fn summarize(
+    method: &str,
+    sparsity: f64,
+    reports: &[EpochReport],
+    evaluated_on: &str,
+) -> Result<CompareRow> {
     let last = reports
         .last()
         .ok_or_else(|| Error::Training(format!("{method} at {sparsity} ran no epoch")))?;
@@ -47,6 +55,7 @@ pub fn summarize(method: &str, sparsity: f64, reports: &[EpochReport]) -> Result
         sparsity,
         actual_sparsity: 1.0 - last.live_weights as f64 / last.dense_weights.max(1) as f64,
         test_acc: last.test_acc,
+        evaluated_on: evaluated_on.to_string(),
         delta_vs_dense: f64::NAN,
         epoch_s: reports.iter().map(|r| r.epoch_s).sum::<f64>() / reports.len() as f64,
         speedup_vs_dense: f64::NAN,
@@ -67,21 +76,26 @@ pub fn relate_to_dense(rows: &mut [CompareRow]) {
     }
 }
 
-/// The rows as an aligned text table; its last line says what the FLOPs column counts.
-pub fn table(rows: &[CompareRow]) -> String {
+/// The rows as an aligned text table, the accuracy column headed `acc_label` (`test
+/// acc`, or `held-out acc` where the runs were evaluated on held-out training samples);
+/// its last lines say what the FLOPs column counts and, without a dense row, why the
+/// columns relative to dense are empty.
+pub fn table(rows: &[CompareRow], acc_label: &str) -> String {
     let mut out = format!(
-        "{:<14} {:>8} {:>9} {:>8} {:>9} {:>8} {:>12} {:>12}\n",
-        "method", "sparsity", "test acc", "Δ dense", "epoch s", "speedup", "live", "run FLOPs"
+        "{:<14} {:>8} {:>12} {:>8} {:>9} {:>8} {:>12} {:>12}\n",
+        "method", "sparsity", acc_label, "Δ dense", "epoch s", "speedup", "live", "run FLOPs"
     );
+    // NaN: no dense run to relate to
+    let or_na = |v: f64, text: String| if v.is_nan() { "n/a".into() } else { text };
     for r in rows {
         out.push_str(&format!(
-            "{:<14} {:>8.3} {:>8.2}% {:>+8.2} {:>9.2} {:>7.2}x {:>12} {:>12.3e}\n",
+            "{:<14} {:>8.3} {:>11.2}% {:>8} {:>9.2} {:>8} {:>12} {:>12.3e}\n",
             r.method,
             r.actual_sparsity,
             100.0 * r.test_acc,
-            r.delta_vs_dense,
+            or_na(r.delta_vs_dense, format!("{:+.2}", r.delta_vs_dense)),
             r.epoch_s,
-            r.speedup_vs_dense,
+            or_na(r.speedup_vs_dense, format!("{:.2}x", r.speedup_vs_dense)),
             r.live_weights,
             r.train_flops
         ));
@@ -89,17 +103,20 @@ pub fn table(rows: &[CompareRow]) -> String {
     out.push_str(
         "(run FLOPs: training FLOPs summed over all epochs; each run's log has them per epoch)\n",
     );
+    if !rows.iter().any(|r| r.method == "dense") {
+        out.push_str("(n/a: no dense run finished to compare with)\n");
+    }
     out
 }
 
 /// Writes the rows as CSV.
 pub fn write_csv(path: &Path, rows: &[CompareRow]) -> Result<()> {
     let mut s = String::from(
-        "method,sparsity,actual_sparsity,test_acc,delta_vs_dense,epoch_s,speedup_vs_dense,live_weights,train_flops,epochs\n",
+        "method,sparsity,actual_sparsity,test_acc,delta_vs_dense,epoch_s,speedup_vs_dense,live_weights,train_flops,epochs,evaluated_on\n",
     );
     for r in rows {
         s.push_str(&format!(
-            "{},{},{:.6},{:.6},{:.4},{:.4},{:.4},{},{:.6e},{}\n",
+            "{},{},{:.6},{:.6},{:.4},{:.4},{:.4},{},{:.6e},{},{}\n",
             r.method,
             r.sparsity,
             r.actual_sparsity,
@@ -109,7 +126,8 @@ pub fn write_csv(path: &Path, rows: &[CompareRow]) -> Result<()> {
             r.speedup_vs_dense,
             r.live_weights,
             r.train_flops,
-            r.epochs
+            r.epochs,
+            r.evaluated_on
         ));
     }
     write_atomically(path, s.as_bytes())
@@ -147,7 +165,9 @@ pub fn plot(
     let (xlo, xhi) = xs
         .iter()
         .fold((1.0f64, 0.0f64), |(a, b), &v| (a.min(v), b.max(v)));
-    let (xlo, xhi) = if xlo >= xhi {
+    let (xlo, xhi) = if xs.is_empty() {
+        (0.0, 1.0) // the dense run alone
+    } else if xlo >= xhi {
         (xlo - 0.05, xhi + 0.05)
     } else {
         (xlo - 0.01, xhi + 0.01)

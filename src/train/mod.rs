@@ -534,7 +534,7 @@ pub(crate) fn check_test_loss(test_loss: f64, epoch: usize) -> Result<()> {
         Ok(())
     } else {
         Err(Error::Diverged(format!(
-            "the test loss became {test_loss} after epoch {}: the weights diverged; try a \
+            "the evaluation loss became {test_loss} after epoch {}: the weights diverged; try a \
              lower learning rate (--lr)",
             epoch + 1
         )))
