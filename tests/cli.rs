@@ -431,12 +431,21 @@ fn eval_reproduces_the_saved_models_test_accuracy() {
     let logged = reports(&log).last().expect("a report")["report"]["test_acc"]
         .as_f64()
         .expect("test_acc");
-    let out = rewire(&["eval", model.to_str().expect("utf-8 path")]);
+    eval_finds(
+        &["eval", model.to_str().expect("utf-8 path")],
+        "synthetic",
+        logged,
+    );
+}
+
+/// Runs `eval` with `args` and checks it prints `dataset`'s test accuracy as `logged`.
+fn eval_finds(args: &[&str], dataset: &str, logged: f64) {
+    let out = rewire(args);
     let printed = text(&out.stdout) + &text(&out.stderr);
     assert!(out.status.success(), "eval failed:\n{printed}");
     let line = printed
         .lines()
-        .find(|l| l.starts_with("synthetic test: loss"))
+        .find(|l| l.starts_with(&format!("{dataset} test: loss")))
         .unwrap_or_else(|| panic!("no result line:\n{printed}"));
     assert!(
         line.contains(&format!("accuracy {:.2}%", 100.0 * logged)),
@@ -542,17 +551,7 @@ fn eval_of_a_real_dataset_needs_only_its_test_files() {
     for f in ["train-images-idx3-ubyte", "train-labels-idx1-ubyte"] {
         std::fs::remove_file(mnist.join(f)).expect("remove");
     }
-    let out = rewire(&["eval", &model_s, "--data-dir", &data_s]);
-    let printed = text(&out.stdout) + &text(&out.stderr);
-    assert!(out.status.success(), "eval failed:\n{printed}");
-    let line = printed
-        .lines()
-        .find(|l| l.starts_with("mnist test: loss"))
-        .unwrap_or_else(|| panic!("no result line:\n{printed}"));
-    assert!(
-        line.contains(&format!("accuracy {:.2}%", 100.0 * logged)),
-        "logged {logged}, eval printed {line}"
-    );
+    eval_finds(&["eval", &model_s, "--data-dir", &data_s], "mnist", logged);
 }
 
 /// `--momentum` is Adam's β1: two Adam runs that differ only in it differ.

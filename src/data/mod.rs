@@ -331,56 +331,73 @@ fn to_dataset(pixels: &[u8], labels: Vec<u8>, n: usize, dim: usize, lut: &[f32; 
 /// `/usr/share/datasets/fashion-mnist`).
 ///
 /// Checks that images are `[n, height, width]`, labels `[n]` with the same `n`, every
-/// label below 10 and both splits of the same image size; converts pixels to `[0, 1]`
+/// label below 10, neither split empty and every image 28×28; converts pixels to `[0, 1]`
 /// and normalises both splits with the training set's global mean and standard
 /// deviation, `x' = (x − mean) / std`. A dataset found nowhere is an [`Error::Io`] that
 /// lists every place looked and points to `scripts/fetch-data.sh`; a malformed file is
 /// an [`Error::Format`] naming it.
 pub fn load(name: DatasetName, data_dir: &Path) -> Result<Splits> {
     let dir = find_dataset_dir(name, data_dir).ok_or_else(|| not_found(name, data_dir, &FILES))?;
-    let path = |f: &str| find_file(&dir, f).unwrap_or_else(|| dir.join(f));
-    let [tri_p, trl_p, tei_p, tel_p] = FILES.map(path);
-
-    // Decoding the training images dominates; read the four files side by side.
-    let ((tri, trl), (tei, tel)) = rayon::join(
-        || rayon::join(|| read_idx(&tri_p), || read_idx(&trl_p)),
-        || rayon::join(|| read_idx(&tei_p), || read_idx(&tel_p)),
+    // Decoding the training images dominates; read the two splits side by side.
+    let (train, test) = rayon::join(
+        || read_split(name, &dir, TRAIN_IMAGES, TRAIN_LABELS, "training"),
+        || read_split(name, &dir, TEST_IMAGES, TEST_LABELS, "test"),
     );
-    let (tri, trl, tei, tel) = (tri?, trl?, tei?, tel?);
+    let (train, test) = (train?, test?);
+    let (mean, std) = pixel_stats(&histogram(&train.images));
+    let norm = Normalization { mean, std };
+    let lut = norm.table();
+    Ok(Splits {
+        train: train.into_dataset(&lut),
+        test: test.into_dataset(&lut),
+        norm,
+    })
+}
 
-    let (n_train, h, w) = check_pair(&tri_p, &tri, &trl_p, &trl)?;
-    if n_train == 0 {
-        return Err(Error::format(&tri_p, "the training set holds no images"));
+/// One split as read from its two files: checked, not yet normalised.
+struct RawSplit {
+    n: usize,
+    images: Vec<u8>,
+    labels: Vec<u8>,
+}
+
+impl RawSplit {
+    fn into_dataset(self, lut: &[f32; 256]) -> Dataset {
+        to_dataset(&self.images, self.labels, self.n, 28 * 28, lut)
     }
-    // both datasets are 28×28 grey images; the CNNs take that shape
+}
+
+/// Reads the image and label files of one split of `name` from `dir` (each raw or
+/// `.gz`) and checks them: the two agree, the split is not empty, images are 28×28
+/// (both datasets are; the CNNs take that shape).
+fn read_split(
+    name: DatasetName,
+    dir: &Path,
+    images: &str,
+    labels: &str,
+    what: &str,
+) -> Result<RawSplit> {
+    let path = |f: &str| find_file(dir, f).unwrap_or_else(|| dir.join(f));
+    let (img_p, lbl_p) = (path(images), path(labels));
+    let (img, lbl) = rayon::join(|| read_idx(&img_p), || read_idx(&lbl_p));
+    let (img, lbl) = (img?, lbl?);
+    let (n, h, w) = check_pair(&img_p, &img, &lbl_p, &lbl)?;
+    if n == 0 {
+        return Err(Error::format(
+            &img_p,
+            format!("the {what} set holds no images"),
+        ));
+    }
     if (h, w) != (28, 28) {
         return Err(Error::format(
-            &tri_p,
+            &img_p,
             format!("images are {h}×{w}; {} images are 28×28", name.dir_name()),
         ));
     }
-    let (n_test, th, tw) = check_pair(&tei_p, &tei, &tel_p, &tel)?;
-    if n_test == 0 {
-        return Err(Error::format(&tei_p, "the test set holds no images"));
-    }
-    if (th, tw) != (h, w) {
-        return Err(Error::format(
-            &tei_p,
-            format!(
-                "test images are {th}×{tw} but training images ({}) are {h}×{w}",
-                tri_p.display()
-            ),
-        ));
-    }
-
-    let (mean, std) = pixel_stats(&histogram(&tri.data));
-    let norm = Normalization { mean, std };
-    let lut = norm.table();
-    let dim = h * w;
-    Ok(Splits {
-        train: to_dataset(&tri.data, trl.data, n_train, dim, &lut),
-        test: to_dataset(&tei.data, tel.data, n_test, dim, &lut),
-        norm,
+    Ok(RawSplit {
+        n,
+        images: img.data,
+        labels: lbl.data,
     })
 }
 
@@ -392,27 +409,7 @@ pub fn load_test(name: DatasetName, data_dir: &Path, norm: Normalization) -> Res
     let files = [TEST_IMAGES, TEST_LABELS];
     let dir =
         find_dir_with(name, data_dir, &files).ok_or_else(|| not_found(name, data_dir, &files))?;
-    let path = |f: &str| find_file(&dir, f).unwrap_or_else(|| dir.join(f));
-    let [tei_p, tel_p] = files.map(path);
-    let (tei, tel) = rayon::join(|| read_idx(&tei_p), || read_idx(&tel_p));
-    let (tei, tel) = (tei?, tel?);
-    let (n_test, h, w) = check_pair(&tei_p, &tei, &tel_p, &tel)?;
-    if n_test == 0 {
-        return Err(Error::format(&tei_p, "the test set holds no images"));
-    }
-    if (h, w) != (28, 28) {
-        return Err(Error::format(
-            &tei_p,
-            format!("images are {h}×{w}; {} images are 28×28", name.dir_name()),
-        ));
-    }
-    Ok(to_dataset(
-        &tei.data,
-        tel.data,
-        n_test,
-        h * w,
-        &norm.table(),
-    ))
+    Ok(read_split(name, &dir, TEST_IMAGES, TEST_LABELS, "test")?.into_dataset(&norm.table()))
 }
 
 /// SplitMix64 finaliser: spreads a seed's bits so nearby seeds give unrelated streams.
