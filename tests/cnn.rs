@@ -362,6 +362,63 @@ fn batch_norm_running_statistics_serve_evaluation() {
     assert_ne!(trained, eval_logits(&m, &mut tape));
 }
 
+/// One batch-norm model evaluated, and run forward in training mode, from several
+/// threads at once in one pool: every pass finishes (the running statistics' lock is
+/// not held while the parallel normalisation runs), and concurrent evaluations give
+/// what one alone gets.
+#[test]
+fn one_batch_norm_model_serves_concurrent_passes() {
+    use std::sync::Arc;
+    let (tr, te) = data();
+    let mut m = small(0.5, true, 11);
+    train(&mut m, &tr.subset(600), &te, &cfg(1, None), |_| Ok(())).unwrap();
+    let (m, te) = (Arc::new(m), Arc::new(te));
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap(),
+    );
+    let idx: Vec<u32> = (0..128).collect();
+    let (mut x, mut labels) = (vec![0.0; 64 * 128], vec![0u32; 128]);
+    tr.fill_batch(&idx, &mut x, &mut labels).unwrap();
+    let x = Arc::new(x);
+    let alone = pool
+        .install(|| rewire::train::evaluate(&*m, &te, 128, &mut Tape::new(Par::Rayon(2))))
+        .unwrap();
+    // first evaluations only (the running statistics stay), then evaluations beside
+    // training-mode passes (which move them)
+    for with_training in [false, true] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for t in 0..4u64 {
+            let (m, te, x, pool, tx) = (m.clone(), te.clone(), x.clone(), pool.clone(), tx.clone());
+            std::thread::spawn(move || {
+                let mut tape = Tape::new(Par::Rayon(2));
+                for i in 0..10 {
+                    if with_training && (t + i) % 2 == 1 {
+                        pool.install(|| {
+                            tape.reset();
+                            let xv = tape.input(&x, 64, 128, false).unwrap();
+                            m.forward(&mut tape, xv, true, &mut seed_rng(t)).unwrap();
+                        });
+                    } else {
+                        let got = pool
+                            .install(|| rewire::train::evaluate(&*m, &te, 128, &mut tape))
+                            .unwrap();
+                        assert!(with_training || got == alone, "{got:?} vs {alone:?}");
+                    }
+                }
+                tx.send(t).expect("the test waits");
+            });
+        }
+        drop(tx);
+        for _ in 0..4 {
+            rx.recv_timeout(std::time::Duration::from_secs(300))
+                .expect("a concurrent pass failed or never finished (deadlock)");
+        }
+    }
+}
+
 #[test]
 fn same_seed_same_cnn_run() {
     let (tr, te) = data();

@@ -529,6 +529,49 @@ fn csr_kernels_wide_n_panels() {
     csr_cases("wide-empty", &p, 12_001, &ALL_MODES, 7100);
 }
 
+/// Wide SDDMMs started at once from several threads into one pool all finish, with
+/// the reference's values: no call waits for a lock that another holds while it waits,
+/// inside its own parallel section, for work queued on the waiting thread (a deadlock
+/// two tests sharing a pool once ran into).
+#[test]
+fn concurrent_wide_sddmms_in_one_pool_finish() {
+    let (m, k, n) = (16, 40, 9000);
+    let p = Arc::new(rng_pattern(m, k, 0.3, 21));
+    let (tx, rx) = std::sync::mpsc::channel();
+    for t in 0..4u64 {
+        let (p, tx) = (p.clone(), tx.clone());
+        std::thread::spawn(move || {
+            let mut g = Gen::new(100 + t);
+            let (l, r) = (g.vec(m * n), g.vec(k * n));
+            let mut exp = vec![0.0; p.nnz()];
+            sddmm_ref(&mut exp, &p, &l, &r, n, 1.0, Accum::Replace);
+            let mut bound = vec![0.0; p.nnz()];
+            sddmm_ref(
+                &mut bound,
+                &p,
+                &abs_vec(&l),
+                &abs_vec(&r),
+                n,
+                1.0,
+                Accum::Replace,
+            );
+            for _ in 0..25 {
+                let mut got = vec![f32::NAN; p.nnz()];
+                pool(2)
+                    .install(|| sddmm(&mut got, &p, &l, &r, n, 1.0, Accum::Replace, Par::Rayon(2)))
+                    .expect("sddmm");
+                assert_close("concurrent wide sddmm", &got, &exp, &bound);
+            }
+            tx.send(t).expect("the test waits");
+        });
+    }
+    drop(tx);
+    for _ in 0..4 {
+        rx.recv_timeout(std::time::Duration::from_secs(300))
+            .expect("a concurrent SDDMM failed or never finished (deadlock)");
+    }
+}
+
 /// The fused `act(A·B + bias)` equals `spmm` followed by the scalar bias add and
 /// nonlinearity, bit for bit, on every tile width, empty rows, the wide-`N` schedule
 /// and every thread setting; a bias of the wrong length is an error.

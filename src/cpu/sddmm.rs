@@ -190,12 +190,25 @@ fn sddmm_wide(
         run(values.as_mut_ptr(), 0, panels, accum);
         return;
     }
-    let mut guard = WIDE_SCRATCH.lock().unwrap_or_else(|e| e.into_inner());
+    // The shared scratch only when free: never wait for it. Its holder may be waiting
+    // inside its own parallel section for a job queued behind this call on this very
+    // thread (rayon runs other work while a thread waits), so waiting could deadlock; a
+    // concurrent call takes a buffer of its own instead.
+    let mut held = match WIDE_SCRATCH.try_lock() {
+        Ok(g) => Some(g),
+        Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    };
+    let mut own = Vec::new();
+    let buf: &mut Vec<f32> = match held.as_mut() {
+        Some(g) => g,
+        None => &mut own,
+    };
     let need = (parts - 1) * nnz;
-    if guard.len() < need {
-        guard.resize(need, 0.0);
+    if buf.len() < need {
+        buf.resize(need, 0.0);
     }
-    let scratch = SendPtr(guard.as_mut_ptr());
+    let scratch = SendPtr(buf.as_mut_ptr());
     let out = SendPtr(values.as_mut_ptr());
     let bounds = |p: usize| p * panels / parts;
     let part = |p: usize| {
@@ -214,7 +227,7 @@ fn sddmm_wide(
         use rayon::prelude::*;
         (0..parts).into_par_iter().for_each(part);
     }
-    for part in guard[..need].chunks(nnz.max(1)) {
+    for part in buf[..need].chunks(nnz.max(1)) {
         for (v, &s) in values.iter_mut().zip(part) {
             *v += s;
         }

@@ -468,22 +468,29 @@ impl Cnn {
 
     /// Batch norm of the rows of `z`: batch statistics (and a running-average update)
     /// when training, the running statistics otherwise.
+    ///
+    /// The running statistics' lock is never held while the (parallel) normalisation
+    /// runs: a thread waiting inside it may run another forward pass of this model.
     fn normalise(&self, tape: &mut Tape, z: Var, norm: &Norm, train: bool) -> Result<Var> {
-        let mut running = norm.running.lock().unwrap_or_else(|e| e.into_inner());
         if !train {
-            let (mean, var) = &*running;
+            let (mean, var) = norm
+                .running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
             return tape.batch_norm(
                 &self.params,
                 z,
                 norm.gamma,
                 norm.beta,
                 BN_EPS,
-                Some((mean, var)),
+                Some((&mean, &var)),
             );
         }
         let y = tape.batch_norm(&self.params, z, norm.gamma, norm.beta, BN_EPS, None)?;
         let unbias = unbias_factor(tape.dims(z).1);
         let (mean, var) = tape.batch_norm_stats(y).expect("a batch-norm node");
+        let mut running = norm.running.lock().unwrap_or_else(|e| e.into_inner());
         let (rm, rv) = &mut *running;
         for (r, &m) in rm.iter_mut().zip(mean) {
             *r += BN_MOMENTUM * (m - *r);
