@@ -1436,11 +1436,16 @@ fn run_eval(mut args: EvalArgs) -> rewire::Result<()> {
             )
         })
     };
-    let num = |key: &str| -> rewire::Result<usize> {
-        get(key)?.parse().map_err(|_| {
-            rewire::Error::format(&args.file, format!("metadata {key:?} is not a number"))
-        })
-    };
+    // a number from the metadata (any type that parses from text)
+    fn number<T: std::str::FromStr>(
+        text: &str,
+        file: &std::path::Path,
+        key: &str,
+    ) -> rewire::Result<T> {
+        text.parse()
+            .map_err(|_| rewire::Error::format(file, format!("metadata {key:?} is not a number")))
+    }
+    let num = |key: &str| -> rewire::Result<usize> { number(get(key)?, &args.file, key) };
     let dataset = match &args.dataset {
         Some(d) => {
             if let Some(trained) = meta.get("dataset").filter(|t| *t != d) {
@@ -1452,17 +1457,11 @@ fn run_eval(mut args: EvalArgs) -> rewire::Result<()> {
     };
     // generated data is drawn from the seed of the run: it must be the same
     let seed = if dataset == "synthetic" {
-        get("seed")?
-            .parse()
-            .map_err(|_| rewire::Error::format(&args.file, "metadata \"seed\" is not a number"))?
+        number(get("seed")?, &args.file, "seed")?
     } else {
         0
     };
-    let float = |key: &str| -> rewire::Result<f64> {
-        get(key)?.parse().map_err(|_| {
-            rewire::Error::format(&args.file, format!("metadata {key:?} is not a number"))
-        })
-    };
+    let float = |key: &str| -> rewire::Result<f64> { number(get(key)?, &args.file, key) };
     let test_set = if dataset != "synthetic" && meta.contains_key("norm_mean") {
         // the pixels normalised as in training: only the test files are read
         let norm = rewire::data::Normalization {

@@ -453,6 +453,34 @@ fn eval_finds(args: &[&str], dataset: &str, logged: f64) {
     );
 }
 
+/// `compare` on generated data for one epoch into `dir`, with `extra` flags.
+fn quick_compare(
+    dir: &Path,
+    model: &str,
+    methods: &str,
+    sparsities: &str,
+    extra: &[&str],
+) -> Output {
+    let mut args = vec![
+        "compare",
+        "--dataset",
+        "synthetic",
+        "--model",
+        model,
+        "--methods",
+        methods,
+        "--sparsities",
+        sparsities,
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--out",
+        dir.to_str().expect("utf-8 path"),
+    ];
+    args.extend_from_slice(extra);
+    rewire(&args)
+}
+
 /// A run of `compare` that diverges is reported and the others go on: the table and
 /// files hold the runs that finished, and the command fails naming the diverged ones.
 #[test]
@@ -460,24 +488,7 @@ fn compare_goes_on_past_a_diverged_run() {
     let dir = scratch("cli-compare-diverged");
     // at this learning rate the dense MLP diverges within its first epoch; with 1% of
     // its weights the sparse one does not
-    let out = rewire(&[
-        "compare",
-        "--dataset",
-        "synthetic",
-        "--model",
-        "mlp:64",
-        "--methods",
-        "static",
-        "--sparsities",
-        "0.99",
-        "--epochs",
-        "1",
-        "--lr",
-        "10",
-        "--no-progress",
-        "--out",
-        dir.to_str().expect("utf-8 path"),
-    ]);
+    let out = quick_compare(&dir, "mlp:64", "static", "0.99", &["--lr", "10"]);
     let err = text(&out.stderr);
     let printed = text(&out.stdout) + &err;
     assert!(!out.status.success(), "compare succeeded:\n{printed}");
@@ -575,24 +586,13 @@ fn momentum_sets_adams_beta1() {
 #[test]
 fn compare_writes_its_table_data_and_plots() {
     let dir = scratch("cli-compare");
-    let out = rewire(&[
-        "compare",
-        "--dataset",
-        "synthetic",
-        "--model",
+    let out = quick_compare(
+        &dir,
         "mlp:32",
-        "--methods",
         "static,set",
-        "--sparsities",
         "0.5,0.9",
-        "--epochs",
-        "1",
-        "--train-subset",
-        "500",
-        "--no-progress",
-        "--out",
-        dir.to_str().expect("utf-8 path"),
-    ]);
+        &["--train-subset", "500"],
+    );
     assert!(
         out.status.success(),
         "compare failed:\n{}",
