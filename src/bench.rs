@@ -568,9 +568,11 @@ pub(crate) fn result(
 
 /// One convolution layer (`cfg.m` output channels, `cfg.k` input channels, batch
 /// `cfg.n`, `image × image` inputs, `ksize × ksize` kernels with same padding), forward
-/// and backward through the tape exactly as training runs it: the weight sparse
-/// ([`ConvBench::run_sparse`]) against the same weights stored dense, im2col + gemm
-/// ([`ConvBench::run_dense`]). What `rewire bench conv` and the criterion bench time.
+/// and backward through the tape exactly as training runs it ([`Tape::conv2d`]): the
+/// weight sparse, applied directly to the image batch ([`ConvBench::run_sparse`]),
+/// against the same weights stored dense, im2col + gemm ([`ConvBench::run_dense`]).
+///
+/// [`Tape::conv2d`]: crate::autograd::Tape::conv2d What `rewire bench conv` and the criterion bench time.
 pub struct ConvBench {
     geom: crate::autograd::Conv2dGeom,
     batch: usize,
@@ -689,8 +691,7 @@ impl ConvBench {
         let tape = &mut side.tape;
         tape.reset();
         let xv = tape.input(x, geom.channels * geom.h * geom.w, batch, true)?;
-        let col = tape.im2col(xv, geom)?;
-        let z = tape.linear(&side.params, col, side.w)?;
+        let z = tape.conv2d(&side.params, xv, side.w, geom)?;
         side.params.zero_grad();
         tape.backward_from(z, dz, &mut side.params)?;
         Ok((xv, z))

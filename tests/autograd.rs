@@ -459,8 +459,10 @@ use rewire::autograd::{Conv2dGeom, Pool2dGeom, PoolKind};
 const C_IN: usize = 2;
 const SIDE: usize = 5;
 
-/// im2col → `W` (`out × C·kh·kw`, sparse or dense) → bias → flatten → dense head.
-fn conv_case(geom: Conv2dGeom, out: usize, sparse_nnz: Option<usize>, seed: u64) {
+/// im2col → `W` (`out × C·kh·kw`, sparse or dense) → bias → flatten → dense head; with
+/// `direct`, [`Tape::conv2d`] in place of im2col and the product (for a sparse `W`, the
+/// direct kernels).
+fn conv_case(geom: Conv2dGeom, out: usize, sparse_nnz: Option<usize>, direct: bool, seed: u64) {
     let mut rng = seed_rng(seed);
     let mut params = ParamStore::new();
     let w = params.add(match sparse_nnz {
@@ -474,8 +476,12 @@ fn conv_case(geom: Conv2dGeom, out: usize, sparse_nnz: Option<usize>, seed: u64)
     let x = input(rows, &mut rng);
     check(
         &move |t, p, x| {
-            let col = t.im2col(x, geom)?;
-            let z = t.linear(p, col, w)?;
+            let z = if direct {
+                t.conv2d(p, x, w, geom)?
+            } else {
+                let col = t.im2col(x, geom)?;
+                t.linear(p, col, w)?
+            };
             let z = t.bias_add(p, z, b)?;
             let f = t.reshape(z, flat, BATCH)?;
             t.linear(p, f, head)
@@ -500,12 +506,26 @@ fn geom(k: usize, stride: usize, pad: usize) -> Conv2dGeom {
 
 #[test]
 fn conv_dense_gradients_padded() {
-    conv_case(geom(3, 1, 1), 3, None, 40);
+    conv_case(geom(3, 1, 1), 3, None, false, 40);
+    conv_case(geom(3, 1, 1), 3, None, true, 40);
 }
 
 #[test]
 fn conv_sparse_gradients_strided() {
-    conv_case(geom(3, 2, 1), 3, Some(20), 41);
+    conv_case(geom(3, 2, 1), 3, Some(20), false, 41);
+}
+
+#[test]
+fn conv_sparse_direct_gradients() {
+    conv_case(geom(3, 1, 1), 3, Some(20), true, 43);
+    conv_case(geom(3, 2, 1), 3, Some(20), true, 44);
+    conv_case(geom(5, 1, 2), 2, Some(30), true, 45);
+    let g = Conv2dGeom {
+        kh: 2,
+        kw: 3,
+        ..geom(3, 1, 0)
+    };
+    conv_case(g, 4, Some(9), true, 46);
 }
 
 #[test]
@@ -515,7 +535,7 @@ fn conv_sparse_gradients_no_padding_rectangular() {
         kw: 3,
         ..geom(3, 1, 0)
     };
-    conv_case(g, 4, Some(9), 42);
+    conv_case(g, 4, Some(9), false, 42);
 }
 
 fn pool_case(kind: PoolKind, k: usize, stride: usize, seed: u64) {
@@ -684,6 +704,26 @@ fn conv_ops_reject_bad_geometry() {
         ..too_big
     };
     assert!(tape.im2col(x, wrong_channels).is_err());
+    // the direct sparse convolution checks the geometry and the weight's columns
+    let mut params = ParamStore::new();
+    let mut rng = seed_rng(47);
+    let w = params.add(sparse_param(2, 9, 5, &mut rng));
+    assert!(tape.conv2d(&params, x, w, too_big).is_err());
+    assert!(tape.conv2d(&params, x, w, wrong_channels).is_err());
+    let one_channel_1x1 = Conv2dGeom {
+        channels: 1,
+        kh: 1,
+        kw: 1,
+        ..too_big
+    };
+    assert!(tape.conv2d(&params, x, w, one_channel_1x1).is_err());
+    let fits = Conv2dGeom {
+        kh: 3,
+        kw: 3,
+        ..one_channel_1x1
+    };
+    let z = tape.conv2d(&params, x, w, fits).unwrap();
+    assert_eq!(tape.dims(z), (2, 2));
     let pool = Pool2dGeom {
         channels: 1,
         h: 3,

@@ -9,10 +9,15 @@
 use std::sync::{Arc, OnceLock};
 
 use rayon::{ThreadPool, ThreadPoolBuilder};
+use rewire::autograd::Conv2dGeom;
 use rewire::cpu::dense::{gemm_ex, Trans};
-use rewire::cpu::reference::{bsr_spmm_ref, gemm_ref, sddmm_ref, spmm_ref, spmm_t_ref};
+use rewire::cpu::reference::{
+    bsr_spmm_ref, gemm_ref, sddmm_ref, sparse_conv2d_input_grad_ref, sparse_conv2d_ref,
+    sparse_conv2d_weight_grad_ref, spmm_ref, spmm_t_ref,
+};
 use rewire::cpu::{
-    bsr_spmm, gemm, row_sum, sddmm, spmm, spmm_bias_act, spmm_t, spmm_t_act_grad, RowAct,
+    bsr_spmm, gemm, row_sum, sddmm, sparse_conv2d, sparse_conv2d_input_grad,
+    sparse_conv2d_weight_grad, spmm, spmm_bias_act, spmm_t, spmm_t_act_grad, RowAct,
 };
 use rewire::sparse::{
     aligned_zeros, nnz_for_sparsity, seed_rng, skewed_row_nnz, Bsr, BsrPattern, Csr, CsrPattern,
@@ -527,6 +532,139 @@ fn csr_kernels_wide_n_panels() {
     }
     let p = pattern_with_empty_rows(12, 30, 13);
     csr_cases("wide-empty", &p, 12_001, &ALL_MODES, 7100);
+}
+
+/// The three direct sparse-convolution kernels on one weight pattern and geometry:
+/// forward (no α, no accumulate), input gradient (β modes), weight gradient (all modes).
+fn conv_cases(label: &str, p: &CsrPattern, geom: Conv2dGeom, batch: usize, seed: u64) {
+    let mut g = Gen::new(seed);
+    let values = g.vec(p.nnz());
+    let x = g.vec(geom.channels * geom.h * geom.w * batch);
+    let zlen = p.nrows() * geom.out_h() * geom.out_w() * batch;
+    let dz = g.vec(zlen);
+    let label = format!(
+        "conv {label} {geom:?} out={} batch={batch} nnz={}",
+        p.nrows(),
+        p.nnz()
+    );
+    let pick = |abs: bool, a: &[f32], b: &[f32]| -> (Vec<f32>, Vec<f32>) {
+        if abs {
+            (abs_vec(a), abs_vec(b))
+        } else {
+            (a.to_vec(), b.to_vec())
+        }
+    };
+    check_kernel(
+        &format!("forward {label}"),
+        zlen,
+        seed + 1,
+        &[(1.0, None)],
+        |out, _, _, par| sparse_conv2d(out, p, &values, &x, geom, batch, par),
+        |out, _, _, abs| {
+            let (v, xs) = pick(abs, &values, &x);
+            sparse_conv2d_ref(out, p, &v, &xs, geom, batch)
+        },
+    );
+    check_kernel(
+        &format!("input grad {label}"),
+        x.len(),
+        seed + 2,
+        &[
+            (1.0, None),
+            (1.0, Some(1.0)),
+            (1.0, Some(-0.5)),
+            (1.0, Some(0.0)),
+        ],
+        |dx, _, accum, par| sparse_conv2d_input_grad(dx, p, &values, &dz, geom, batch, accum, par),
+        |dx, _, accum, abs| {
+            let (v, d) = pick(abs, &values, &dz);
+            sparse_conv2d_input_grad_ref(dx, p, &v, &d, geom, batch, accum)
+        },
+    );
+    check_kernel(
+        &format!("weight grad {label}"),
+        p.nnz(),
+        seed + 3,
+        &ALL_MODES,
+        |dv, alpha, accum, par| {
+            sparse_conv2d_weight_grad(dv, p, &dz, &x, geom, batch, alpha, accum, par)
+        },
+        |dv, alpha, accum, abs| {
+            let (d, xs) = pick(abs, &dz, &x);
+            sparse_conv2d_weight_grad_ref(dv, p, &d, &xs, geom, batch, alpha, accum)
+        },
+    );
+}
+
+fn geom(
+    channels: usize,
+    h: usize,
+    w: usize,
+    k: (usize, usize),
+    stride: usize,
+    pad: usize,
+) -> Conv2dGeom {
+    Conv2dGeom {
+        channels,
+        h,
+        w,
+        kh: k.0,
+        kw: k.1,
+        stride,
+        pad,
+    }
+}
+
+/// Direct sparse convolutions against their references: strides 1–3, padding 0–2,
+/// kernels 1×1 to 5×5 (and one taller than the image, inside its padding), batches
+/// that exercise every vector width and the scalar tail, empty rows, no live weights,
+/// full density, one thread and two.
+#[test]
+fn sparse_conv_kernels_awkward_geometries() {
+    let geoms = [
+        geom(3, 7, 5, (3, 3), 1, 1),
+        geom(2, 8, 8, (5, 5), 1, 2),
+        geom(4, 9, 7, (3, 3), 2, 1),
+        geom(1, 6, 6, (1, 1), 1, 0),
+        geom(2, 5, 6, (3, 2), 2, 0),
+        geom(3, 4, 4, (5, 4), 3, 2),
+        geom(1, 1, 1, (1, 1), 1, 0),
+        geom(2, 10, 9, (3, 3), 1, 0),
+    ];
+    for (gi, &gm) in geoms.iter().enumerate() {
+        let k = gm.channels * gm.kh * gm.kw;
+        for (bi, &batch) in [1usize, 8, 13, 72, 121].iter().enumerate() {
+            let seed = 9000 + (gi * 10 + bi) as u64 * 17;
+            let out = 1 + (gi + bi) % 6;
+            conv_cases("random", &rng_pattern(out, k, 0.4, seed), gm, batch, seed);
+            if bi % 2 == 0 {
+                conv_cases(
+                    "empty rows",
+                    &pattern_with_empty_rows(out + 2, k, seed),
+                    gm,
+                    batch,
+                    seed + 5,
+                );
+                conv_cases("full", &rng_pattern(out, k, 1.0, seed), gm, batch, seed + 6);
+                conv_cases(
+                    "no weights",
+                    &CsrPattern::empty(out, k).unwrap(),
+                    gm,
+                    batch,
+                    seed + 7,
+                );
+            }
+        }
+    }
+}
+
+/// A layer big enough that the kernels split it over threads (64 → 32 channels, 3×3,
+/// 12×12, batch 16, 80% sparse).
+#[test]
+fn sparse_conv_kernels_parallel_layer() {
+    let gm = geom(64, 12, 12, (3, 3), 1, 1);
+    let p = rng_pattern(32, gm.channels * 9, 0.2, 31);
+    conv_cases("parallel", &p, gm, 16, 31);
 }
 
 /// Wide SDDMMs started at once from several threads into one pool all finish, with

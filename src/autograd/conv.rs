@@ -12,10 +12,10 @@
 use rayon::prelude::*;
 
 use super::{for_rows, Op, Tape, Var, PAR_ELEMENTWISE};
+use crate::cpu::{sparse_conv2d, sparse_conv2d_input_grad, sparse_conv2d_weight_grad};
 use crate::cpu::{Accum, Par};
 use crate::error::{check_len, Error, Result};
-use crate::nn::ParamId;
-use crate::nn::ParamStore;
+use crate::nn::{ParamId, ParamShape, ParamStore};
 
 /// Geometry of a 2-D convolution's input and kernel (channels first).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,6 +190,47 @@ impl Tape {
             Op::Im2col { x, geom, batch },
             rg,
         ))
+    }
+
+    /// The convolution `geom` of `x` (`[C][H][W][B]`) with the weight `w`
+    /// (`[out × C·kh·kw]`): `[out] × [OH·OW·B]`, i.e. `[out][OH][OW][B]`. A sparse weight
+    /// is applied directly to the image batch ([`crate::cpu::sparse_conv2d`]; no im2col
+    /// matrix, backward included); a dense one through [`Tape::im2col`] and
+    /// [`Tape::linear`]. Either way the result equals `W · im2col(x)`.
+    pub fn conv2d(
+        &mut self,
+        params: &ParamStore,
+        x: Var,
+        w: ParamId,
+        geom: Conv2dGeom,
+    ) -> Result<Var> {
+        if !matches!(params.try_get(w)?.shape, ParamShape::Sparse { .. }) {
+            let col = self.im2col(x, geom)?;
+            return self.linear(params, col, w);
+        }
+        geom.validate()?;
+        let batch = image_batch(self, x, "conv2d", geom.channels * geom.h * geom.w)?;
+        let p = self.use_param(params, w)?;
+        let pattern = p.pattern().expect("a sparse weight has a pattern");
+        if pattern.ncols() != geom.patch_len() {
+            return Err(Error::shape(
+                "conv2d",
+                format!(
+                    "weight {} has {} columns but a {}-channel {}×{} kernel needs {}",
+                    p.name,
+                    pattern.ncols(),
+                    geom.channels,
+                    geom.kh,
+                    geom.kw,
+                    geom.patch_len()
+                ),
+            ));
+        }
+        let (out, cols) = (pattern.nrows(), geom.out_h() * geom.out_w() * batch);
+        let mut z = self.pool.take(out * cols);
+        let xv = &self.nodes[x.0].value;
+        sparse_conv2d(&mut z, pattern, &p.value, xv, geom, batch, self.par)?;
+        Ok(self.push(out, cols, z, Op::SparseConv2d { x, w, geom, batch }, true))
     }
 
     /// Max or average pooling of `x` (`[C][H][W][B]`): the result is
@@ -427,6 +468,44 @@ impl Tape {
             }
         });
         self.nodes[x.0].grad = Some(dx);
+    }
+
+    /// The backward of a [`Tape::conv2d`] with a sparse weight, given `dZ` (`g`): `dW` on
+    /// the live connections (added to the parameter's gradient) and, where `x` needs one,
+    /// `dX`, both straight from the image batch.
+    pub(super) fn sparse_conv2d_backward(
+        &mut self,
+        x: Var,
+        w: ParamId,
+        geom: Conv2dGeom,
+        batch: usize,
+        g: &[f32],
+        params: &mut ParamStore,
+    ) -> Result<()> {
+        let par = self.par;
+        let p = params.get_mut(w);
+        let pattern = p
+            .pattern()
+            .cloned()
+            .expect("a sparse conv2d node records a sparse weight");
+        let xv = &self.nodes[x.0].value;
+        sparse_conv2d_weight_grad(
+            &mut p.grad,
+            &pattern,
+            g,
+            xv,
+            geom,
+            batch,
+            1.0,
+            Accum::Add(1.0),
+            par,
+        )?;
+        if let Some((mut dx, mode)) = self.grad_target(x) {
+            let wv = &params.get(w).value;
+            sparse_conv2d_input_grad(&mut dx, &pattern, wv, g, geom, batch, mode, par)?;
+            self.nodes[x.0].grad = Some(dx);
+        }
+        Ok(())
     }
 
     /// Routes the gradient `g` of a pooling node `i` back to its input.

@@ -144,6 +144,19 @@ pub enum Op {
         /// images in the batch
         batch: usize,
     },
+    /// a convolution with a sparse weight, computed directly from the image batch
+    /// (no im2col matrix): forward [`crate::cpu::sparse_conv2d`], backward its input and
+    /// weight gradients
+    SparseConv2d {
+        /// input `[C][H][W][B]`
+        x: Var,
+        /// weight `[out × C·kh·kw]`, sparse
+        w: ParamId,
+        /// the convolution
+        geom: Conv2dGeom,
+        /// images in the batch
+        batch: usize,
+    },
     /// max or average pooling (the arg-max window offsets kept in `aux`)
     Pool2d {
         /// input `[C][H][W][B]`
@@ -206,6 +219,7 @@ impl Op {
             | Op::Dropout(x)
             | Op::SoftmaxCrossEntropy(x)
             | Op::Im2col { x, .. }
+            | Op::SparseConv2d { x, .. }
             | Op::Pool2d { x, .. }
             | Op::Reshape(x)
             | Op::BatchNorm { x, .. } => [Some(x)],
@@ -985,6 +999,10 @@ impl Tape {
             }
             Op::Im2col { x, geom, batch } => {
                 self.im2col_backward(x, geom, batch, &g);
+                Ok(Some(g))
+            }
+            Op::SparseConv2d { x, w, geom, batch } => {
+                self.sparse_conv2d_backward(x, w, geom, batch, &g, params)?;
                 Ok(Some(g))
             }
             Op::Pool2d {

@@ -4,6 +4,7 @@
 //! explicit [`Accum`] mode, and an explicit [`Par`].
 
 pub mod bsr;
+pub mod conv;
 pub mod dense;
 pub mod reference;
 pub mod sddmm;
@@ -11,6 +12,7 @@ mod simd;
 pub mod spmm;
 
 pub use bsr::bsr_spmm;
+pub use conv::{sparse_conv2d, sparse_conv2d_input_grad, sparse_conv2d_weight_grad};
 pub use dense::gemm;
 pub use sddmm::sddmm;
 pub use spmm::{spmm, spmm_bias_act, spmm_t, spmm_t_act_grad, RowAct};

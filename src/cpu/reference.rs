@@ -137,3 +137,101 @@ pub fn gemm_ref(
         }
     }
 }
+
+/// Calls `f(p, z, x)` for every live weight `p = (o, (c, i, j))` of a convolution's
+/// weight and every output pixel whose window puts `(c, i, j)` inside the image, with the
+/// offsets of the output vector `z` (`[out][OH][OW][B]`) and input vector `x`
+/// (`[C][H][W][B]`) the weight joins.
+fn conv_windows(
+    a: &CsrPattern,
+    geom: &crate::autograd::Conv2dGeom,
+    batch: usize,
+    mut f: impl FnMut(usize, usize, usize),
+) {
+    let (oh, ow, kk) = (geom.out_h(), geom.out_w(), geom.kh * geom.kw);
+    for o in 0..a.nrows() {
+        for p in a.row_range(o) {
+            let r = a.col_idx()[p] as usize;
+            let (c, i, j) = (r / kk, r % kk / geom.kw, r % geom.kw);
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let iy = (oy * geom.stride + i) as isize - geom.pad as isize;
+                    let ix = (ox * geom.stride + j) as isize - geom.pad as isize;
+                    if iy < 0 || ix < 0 || iy as usize >= geom.h || ix as usize >= geom.w {
+                        continue;
+                    }
+                    let z = ((o * oh + oy) * ow + ox) * batch;
+                    let x = ((c * geom.h + iy as usize) * geom.w + ix as usize) * batch;
+                    f(p, z, x);
+                }
+            }
+        }
+    }
+}
+
+/// Reference for [`sparse_conv2d`](super::sparse_conv2d): `out = W · im2col(x)`.
+pub fn sparse_conv2d_ref(
+    out: &mut [f32],
+    a: &CsrPattern,
+    values: &[f32],
+    x: &[f32],
+    geom: crate::autograd::Conv2dGeom,
+    batch: usize,
+) {
+    let mut acc = vec![0.0f64; a.nrows() * geom.out_h() * geom.out_w() * batch];
+    conv_windows(a, &geom, batch, |p, z, xo| {
+        for b in 0..batch {
+            acc[z + b] += values[p] as f64 * x[xo + b] as f64;
+        }
+    });
+    for (dst, &s) in out.iter_mut().zip(&acc) {
+        put(dst, s, 1.0, Accum::Replace);
+    }
+}
+
+/// Reference for [`sparse_conv2d_input_grad`](super::sparse_conv2d_input_grad):
+/// `dx = col2im(Wᵀ · dz)` (+ β·dx).
+#[allow(clippy::too_many_arguments)]
+pub fn sparse_conv2d_input_grad_ref(
+    dx: &mut [f32],
+    a: &CsrPattern,
+    values: &[f32],
+    dz: &[f32],
+    geom: crate::autograd::Conv2dGeom,
+    batch: usize,
+    accum: Accum,
+) {
+    let mut acc = vec![0.0f64; geom.channels * geom.h * geom.w * batch];
+    conv_windows(a, &geom, batch, |p, z, xo| {
+        for b in 0..batch {
+            acc[xo + b] += values[p] as f64 * dz[z + b] as f64;
+        }
+    });
+    for (dst, &s) in dx.iter_mut().zip(&acc) {
+        put(dst, s, 1.0, accum);
+    }
+}
+
+/// Reference for [`sparse_conv2d_weight_grad`](super::sparse_conv2d_weight_grad): the
+/// SDDMM of `dz` and `im2col(x)` on the live weights.
+#[allow(clippy::too_many_arguments)]
+pub fn sparse_conv2d_weight_grad_ref(
+    dv: &mut [f32],
+    a: &CsrPattern,
+    dz: &[f32],
+    x: &[f32],
+    geom: crate::autograd::Conv2dGeom,
+    batch: usize,
+    alpha: f32,
+    accum: Accum,
+) {
+    let mut acc = vec![0.0f64; a.nnz()];
+    conv_windows(a, &geom, batch, |p, z, xo| {
+        for b in 0..batch {
+            acc[p] += dz[z + b] as f64 * x[xo + b] as f64;
+        }
+    });
+    for (dst, &s) in dv.iter_mut().zip(&acc) {
+        put(dst, s, alpha, accum);
+    }
+}

@@ -1,5 +1,6 @@
-//! Convolutional networks: convolutions (im2col and a dense or sparse weight
-//! `[out × in·kh·kw]`, the same kernels and rewiring as a linear layer), max / average
+//! Convolutional networks: convolutions (a weight `[out × in·kh·kw]`, dense through
+//! im2col and gemm, sparse applied straight to the image batch by the direct sparse
+//! kernels; the same rewiring as a linear layer), max / average
 //! pooling, optional batch normalisation after each convolution (kept dense, as the DST
 //! papers do), then linear layers. Images are feature-major `[C][H][W][B]`.
 //!
@@ -600,10 +601,26 @@ impl Model for Cnn {
                     norm,
                     ..
                 } => {
+                    let act = self.config.activation.act();
+                    // A sparse weight is applied straight to the image batch, except at
+                    // a step that keeps a trace: RigL's grow step reads the im2col
+                    // matrix (the layer's input X of dW = dZ·Xᵀ).
+                    let sparse = self.params.get(*weight).pattern().is_some();
+                    if sparse && trace.is_none() {
+                        let z = tape.conv2d(&self.params, h, *weight, *geom)?;
+                        h = match (bias, norm) {
+                            (Some(b), _) => tape.bias_act(&self.params, z, *b, act)?,
+                            (None, Some(norm)) => {
+                                let y = self.normalise(tape, z, norm, train)?;
+                                self.activate(tape, y)?
+                            }
+                            (None, None) => unreachable!("a convolution has a bias or a norm"),
+                        };
+                        continue;
+                    }
                     let col = tape.im2col(h, *geom)?;
                     let (z, y) = match (bias, norm) {
                         (Some(b), _) => {
-                            let act = self.config.activation.act();
                             tape.linear_bias_act(&self.params, col, *weight, *b, act)?
                         }
                         (None, Some(norm)) => {
