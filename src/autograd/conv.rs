@@ -381,13 +381,26 @@ impl Tape {
                 if n == 0 {
                     return Err(Error::arg("batch_norm", "an empty batch has no statistics"));
                 }
-                for r in 0..rows {
+                // each row's mean and variance, rows over threads (one row's sums in a
+                // fixed order whatever the threads)
+                let row_stats = |r: usize, mean: &mut f32, var: &mut f32| {
                     let row = &xv[r * n..(r + 1) * n];
-                    let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
-                    let var =
-                        row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n as f64;
-                    stats[r] = mean as f32;
-                    stats[rows + r] = var as f32;
+                    let m = row.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+                    let v = row.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / n as f64;
+                    (*mean, *var) = (m as f32, v as f32);
+                };
+                let (means, rest) = stats.split_at_mut(rows);
+                let vars = &mut rest[..rows];
+                if matches!(self.par, Par::Rayon(t) if t > 1) && rows * n >= PAR_ELEMENTWISE {
+                    means
+                        .par_iter_mut()
+                        .zip(vars.par_iter_mut())
+                        .enumerate()
+                        .for_each(|(r, (m, v))| row_stats(r, m, v));
+                } else {
+                    for (r, (m, v)) in means.iter_mut().zip(vars.iter_mut()).enumerate() {
+                        row_stats(r, m, v);
+                    }
                 }
             }
         }
@@ -582,12 +595,22 @@ impl Tape {
         let (rows, n) = (self.nodes[i].rows, self.nodes[i].cols);
         let xhat = self.nodes[i].aux.as_deref().expect("batch norm keeps x̂");
         let mut sums = vec![(0.0f32, 0.0f32); rows];
-        for (r, s) in sums.iter_mut().enumerate() {
+        // Σ dy and Σ dy·x̂ per row, rows over threads (each row's sums in a fixed order)
+        let row_sums = |r: usize, s: &mut (f32, f32)| {
             let (gr, hr) = (&g[r * n..(r + 1) * n], &xhat[r * n..(r + 1) * n]);
             *s = gr
                 .iter()
                 .zip(hr)
                 .fold((0.0, 0.0), |(sg, sgh), (&gv, &h)| (sg + gv, sgh + gv * h));
+        };
+        if matches!(self.par, Par::Rayon(t) if t > 1) && rows * n >= PAR_ELEMENTWISE {
+            sums.par_iter_mut()
+                .enumerate()
+                .for_each(|(r, s)| row_sums(r, s));
+        } else {
+            sums.iter_mut()
+                .enumerate()
+                .for_each(|(r, s)| row_sums(r, s));
         }
         for (r, &(sg, sgh)) in sums.iter().enumerate() {
             params.get_mut(gamma).grad[r] += sgh;
