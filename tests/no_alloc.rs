@@ -7,7 +7,11 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::Arc;
 
-use rewire::cpu::{bsr_spmm, sddmm, spmm, spmm_t, Accum, Par};
+use rewire::autograd::Conv2dGeom;
+use rewire::cpu::{
+    bsr_spmm, sddmm, sparse_conv2d, sparse_conv2d_input_grad, sparse_conv2d_weight_grad, spmm,
+    spmm_t, Accum, Par,
+};
 use rewire::sparse::{seed_rng, BsrPattern, CsrPattern};
 
 struct Counting;
@@ -49,6 +53,23 @@ fn kernels_do_not_allocate_in_steady_state() {
     let mut c = vec![0.0f32; m * n];
     let mut ct = vec![0.0f32; k * n];
     let mut grad = vec![0.0f32; pattern.nnz()];
+    // a direct sparse convolution: 6 → 5 channels, 3×3, 9×8 images, batch 13
+    let geom = Conv2dGeom {
+        channels: 6,
+        h: 9,
+        w: 8,
+        kh: 3,
+        kw: 3,
+        stride: 1,
+        pad: 1,
+    };
+    let batch = 13;
+    let conv = CsrPattern::random(5, geom.patch_len(), 20, &mut rng).unwrap();
+    let cvals = vec![0.5f32; conv.nnz()];
+    let img = vec![1.0f32; geom.channels * geom.h * geom.w * batch];
+    let mut dimg = vec![0.0f32; img.len()];
+    let mut z = vec![0.0f32; 5 * geom.out_h() * geom.out_w() * batch];
+    let mut cgrad = vec![0.0f32; conv.nnz()];
 
     let mut round = |par: Par| {
         spmm(&mut c, &pattern, &values, &b, n, 1.0, Accum::Replace, par).unwrap();
@@ -65,6 +86,22 @@ fn kernels_do_not_allocate_in_steady_state() {
         .unwrap();
         sddmm(&mut grad, &pattern, &bt, &b, n, 0.5, Accum::Replace, par).unwrap();
         bsr_spmm(&mut c, &bsr, &bvals, &b, n, 1.0, Accum::Add(0.5), par).unwrap();
+        let g = geom;
+        sparse_conv2d(&mut z, &conv, &cvals, &img, g, batch, par).unwrap();
+        sparse_conv2d_input_grad(&mut dimg, &conv, &cvals, &z, g, batch, Accum::Replace, par)
+            .unwrap();
+        sparse_conv2d_weight_grad(
+            &mut cgrad,
+            &conv,
+            &z,
+            &img,
+            g,
+            batch,
+            1.0,
+            Accum::Replace,
+            par,
+        )
+        .unwrap();
     };
     round(Par::Seq); // builds the cached transpose
     let before = allocs();

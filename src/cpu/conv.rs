@@ -144,26 +144,32 @@ impl Cols {
     }
 }
 
-/// Scratch kept per thread between calls: the decoded taps of the caller, and per part
-/// its filtered row taps and pixel terms. Taken out of the cell while in use, so a call
-/// that starts while another is running on the same thread (rayon runs queued work
-/// while a thread waits) gets fresh buffers instead of a borrow panic.
+/// Scratch kept per thread between calls, for one part of a kernel: its filtered row
+/// taps and pixel terms.
 #[derive(Default)]
 struct Scratch {
-    taps: Vec<Tap>,
     rows: Vec<RowTap>,
     starts: Vec<usize>,
     terms: Vec<Term>,
 }
 
 thread_local! {
+    /// the decoded taps of the calls this thread starts
+    static TAPS: RefCell<Vec<Tap>> = const { RefCell::new(Vec::new()) };
+    /// the scratch of the parts this thread runs
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
-    let mut s = SCRATCH.with(|c| std::mem::take(&mut *c.borrow_mut()));
-    let out = f(&mut s);
-    SCRATCH.with(|c| *c.borrow_mut() = s);
+/// Runs `f` on the thread's buffer in `key`, taken out of its cell while in use: a call
+/// that starts while another is running on the same thread (rayon runs queued work
+/// while a thread waits) gets a fresh buffer instead of a borrow panic.
+fn with_local<T: Default + 'static, R>(
+    key: &'static std::thread::LocalKey<RefCell<T>>,
+    f: impl FnOnce(&mut T) -> R,
+) -> R {
+    let mut buf = key.with(|c| std::mem::take(&mut *c.borrow_mut()));
+    let out = f(&mut buf);
+    key.with(|c| *c.borrow_mut() = buf);
     out
 }
 
@@ -249,9 +255,9 @@ pub fn sparse_conv2d(
     let cols = Cols::new(ow, geom.stride, 1, geom.w, -pad, geom.kw as isize - 1 - pad);
     let row_ptr = pattern.row_ptr();
     let work = (pattern.nnz() + pattern.nrows() * ROW_COST) * oh * ow * batch;
-    with_scratch(|s| {
-        decode(pattern, &geom, batch, &mut s.taps);
-        let taps = &s.taps[..];
+    with_local(&TAPS, |taps| {
+        decode(pattern, &geom, batch, taps);
+        let taps = &taps[..];
         let dst = SendPtr(out.as_mut_ptr());
         run_parts(par, (work / MIN_TASK_WORK).min(oh), |part, parts| {
             let ys = oh * part / parts..oh * (part + 1) / parts;
@@ -269,7 +275,7 @@ pub fn sparse_conv2d(
                 }
             };
             let dst_at = |o: usize, oy: usize, ox: usize| ((o * oh + oy) * ow + ox) * batch;
-            with_scratch(|ps| {
+            with_local(&SCRATCH, |ps| {
                 // SAFETY: lengths checked above; every tap that passes the filters
                 // addresses a whole batch vector inside `x`; part `part` writes only
                 // its output rows.
@@ -352,7 +358,7 @@ pub fn sparse_conv2d_input_grad(
             }
         };
         let dst_at = |c: usize, iy: usize, ix: usize| ((c * geom.h + iy) * geom.w + ix) * batch;
-        with_scratch(|ps| {
+        with_local(&SCRATCH, |ps| {
             // SAFETY: lengths checked above; valid taps address whole batch vectors
             // inside `dz`; part `part` writes only its image rows.
             unsafe {
@@ -407,9 +413,9 @@ pub fn sparse_conv2d_weight_grad(
     let row_ptr = pattern.row_ptr();
     let work = (pattern.nnz() + pattern.nrows() * ROW_COST) * oh * ow * batch;
     let out = SendPtr(dv.as_mut_ptr());
-    with_scratch(|s| {
-        decode(pattern, &geom, batch, &mut s.taps);
-        let taps = &s.taps[..];
+    with_local(&TAPS, |taps| {
+        decode(pattern, &geom, batch, taps);
+        let taps = &taps[..];
         run_parts(par, work / MIN_TASK_WORK, |part, parts| {
             let a0 = part_start(row_ptr, ROW_COST, part, parts);
             let a1 = part_start(row_ptr, ROW_COST, part + 1, parts);
@@ -427,7 +433,7 @@ pub fn sparse_conv2d_weight_grad(
             if batch == 0 {
                 return;
             }
-            with_scratch(|ps| {
+            with_local(&SCRATCH, |ps| {
                 let Scratch { rows, starts, .. } = ps;
                 for oy in 0..oh {
                     rows.clear();
@@ -555,7 +561,6 @@ unsafe fn gather_part(
         rows,
         starts,
         terms,
-        ..
     } = s;
     let b = batch as isize;
     for y0 in ys.clone().step_by(TILE_Y) {
