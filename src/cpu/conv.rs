@@ -78,9 +78,13 @@ struct Tap {
 /// `t = x·sx + num`, when `t ≥ 0`, `d` divides `t` and `t / d < limit`.
 #[derive(Clone, Copy, Default)]
 struct RowTap {
+    /// the weight (unused by the weight gradient)
     v: f32,
+    /// offset of the source row, in floats
     base: isize,
+    /// column offset of the tap (see above)
     num: isize,
+    /// index of the weight's value (the weight gradient's output)
     p: usize,
 }
 
@@ -95,10 +99,15 @@ struct Term {
 /// output columns where every tap is valid with `d = 1` (empty otherwise).
 #[derive(Clone, Copy)]
 struct Cols {
+    /// output columns
     n: usize,
+    /// step of `t` per output column
     sx: usize,
+    /// divisor of `t` (the stride, for the input gradient; else 1)
     d: usize,
+    /// source columns
     limit: usize,
+    /// `[lo, hi)`: the output columns where every tap is valid (only with `d = 1`)
     interior: (usize, usize),
 }
 
