@@ -571,8 +571,9 @@ pub(crate) fn result(
 /// and backward through the tape exactly as training runs it ([`Tape::conv2d`]): the
 /// weight sparse, applied directly to the image batch ([`ConvBench::run_sparse`]),
 /// against the same weights stored dense, im2col + gemm ([`ConvBench::run_dense`]).
+/// What `rewire bench conv` and the criterion bench time.
 ///
-/// [`Tape::conv2d`]: crate::autograd::Tape::conv2d What `rewire bench conv` and the criterion bench time.
+/// [`Tape::conv2d`]: crate::autograd::Tape::conv2d
 pub struct ConvBench {
     geom: crate::autograd::Conv2dGeom,
     batch: usize,
