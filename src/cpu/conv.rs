@@ -230,6 +230,31 @@ fn decode(pattern: &CsrPattern, geom: &Conv2dGeom, batch: usize, taps: &mut Vec<
     }));
 }
 
+/// Appends the taps of one weight row (`taps`, decoded by [`decode`]) whose window row
+/// lies inside the image at output row `oy`, each with the weight `value(p)` it
+/// multiplies: the [`RowTap`]s of the forward pass and of the weight gradient.
+fn row_taps(
+    taps: &[Tap],
+    oy: usize,
+    geom: &Conv2dGeom,
+    batch: usize,
+    value: impl Fn(usize) -> f32,
+    rows: &mut Vec<RowTap>,
+) {
+    let pad = geom.pad as isize;
+    for t in taps {
+        let iy = (oy * geom.stride + t.i) as isize - pad;
+        if iy >= 0 && (iy as usize) < geom.h {
+            rows.push(RowTap {
+                v: value(t.p),
+                base: (t.plane + iy as usize * geom.w * batch) as isize,
+                num: t.j as isize - pad,
+                p: t.p,
+            });
+        }
+    }
+}
+
 /// `out[o][oy][ox][b] = Σ W[o, (c, i, j)] · x[c][oy·s + i − pad][ox·s + j − pad][b]` over
 /// the live weights of row `o` whose window position lies inside the image: the
 /// forward pass of a convolution with a sparse weight `W[out × C·kh·kw]` (`pattern` +
@@ -271,17 +296,8 @@ pub fn sparse_conv2d(
         run_parts(par, (work / MIN_TASK_WORK).min(oh), |part, parts| {
             let ys = oh * part / parts..oh * (part + 1) / parts;
             let filter = |o: usize, oy: usize, rows: &mut Vec<RowTap>| {
-                for t in &taps[row_ptr[o] as usize..row_ptr[o + 1] as usize] {
-                    let iy = (oy * geom.stride + t.i) as isize - pad;
-                    if iy >= 0 && (iy as usize) < geom.h {
-                        rows.push(RowTap {
-                            v: values[t.p],
-                            base: (t.plane + iy as usize * geom.w * batch) as isize,
-                            num: t.j as isize - pad,
-                            p: t.p,
-                        });
-                    }
-                }
+                let row = &taps[row_ptr[o] as usize..row_ptr[o + 1] as usize];
+                row_taps(row, oy, &geom, batch, |p| values[p], rows);
             };
             let dst_at = |o: usize, oy: usize, ox: usize| ((o * oh + oy) * ow + ox) * batch;
             with_local(&SCRATCH, |ps| {
@@ -418,7 +434,6 @@ pub fn sparse_conv2d_weight_grad(
         x.len(),
         dz.len(),
     )?;
-    let pad = geom.pad as isize;
     let row_ptr = pattern.row_ptr();
     let work = (pattern.nnz() + pattern.nrows() * ROW_COST) * oh * ow * batch;
     let out = SendPtr(dv.as_mut_ptr());
@@ -449,17 +464,8 @@ pub fn sparse_conv2d_weight_grad(
                     starts.clear();
                     for o in a0..a1 {
                         starts.push(rows.len());
-                        for t in &taps[row_ptr[o] as usize..row_ptr[o + 1] as usize] {
-                            let iy = (oy * geom.stride + t.i) as isize - pad;
-                            if iy >= 0 && (iy as usize) < geom.h {
-                                rows.push(RowTap {
-                                    v: 0.0,
-                                    base: (t.plane + iy as usize * geom.w * batch) as isize,
-                                    num: t.j as isize - pad,
-                                    p: t.p - p0,
-                                });
-                            }
-                        }
+                        let row = &taps[row_ptr[o] as usize..row_ptr[o + 1] as usize];
+                        row_taps(row, oy, &geom, batch, |_| 0.0, rows);
                     }
                     starts.push(rows.len());
                     for (k, o) in (a0..a1).enumerate() {
@@ -497,7 +503,7 @@ pub fn sparse_conv2d_weight_grad(
                                 }
                             }
                             let sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-                            dv[t.p] += alpha * (sum.reduce_add() + tail);
+                            dv[t.p - p0] += alpha * (sum.reduce_add() + tail);
                         }
                     }
                 }
