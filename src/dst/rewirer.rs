@@ -364,7 +364,9 @@ impl Rewirer {
                 }
                 continue;
             }
-            let k = (fraction * pattern.nnz() as f64).round() as usize;
+            // ⌊α·nnz⌋, as the RigL reference code counts (a hair of slack for α·nnz
+            // landing just under a whole number in f64)
+            let k = (fraction * pattern.nnz() as f64 + 1e-9).floor() as usize;
             if k == 0 {
                 continue;
             }
@@ -531,18 +533,39 @@ fn pruning_target(
 /// `count` distinct positions drawn uniformly among those not live in `pattern` (fewer
 /// if fewer are free).
 fn random_free(pattern: &CsrPattern, count: usize, rng: &mut SeedRng) -> Vec<(u32, u32)> {
+    random_inactive(pattern, &[], count, rng)
+}
+
+/// `count` distinct positions drawn uniformly among those inactive once the entries
+/// marked in `dropped` (one flag per live entry, or none at all) are gone: the free
+/// positions and the dropped ones (fewer if fewer are inactive). A dropped connection
+/// drawn again stays live and keeps its value, as in the RigL reference code.
+fn random_inactive(
+    pattern: &CsrPattern,
+    dropped: &[bool],
+    count: usize,
+    rng: &mut SeedRng,
+) -> Vec<(u32, u32)> {
     let (out, fan_in) = (pattern.nrows(), pattern.ncols());
-    let free = out * fan_in - pattern.nnz();
-    let target = count.min(free);
+    let n_dropped = dropped.iter().filter(|&&d| d).count();
+    let inactive = out * fan_in - pattern.nnz() + n_dropped;
+    // whether column `j` of row `i` is inactive
+    let is_inactive = |i: usize, j: u32| match pattern.row(i).binary_search(&j) {
+        Err(_) => true,
+        Ok(q) => dropped
+            .get(pattern.row_range(i).start + q)
+            .copied()
+            .unwrap_or(false),
+    };
+    let target = count.min(inactive);
     let mut grow = Vec::with_capacity(target);
-    if free < 4 * target.max(1) {
-        // nearly dense: enumerate the free positions and pick among them
-        let mut all: Vec<(u32, u32)> = Vec::with_capacity(free);
+    if inactive < 4 * target.max(1) {
+        // nearly dense: enumerate the inactive positions and pick among them
+        let mut all: Vec<(u32, u32)> = Vec::with_capacity(inactive);
         for i in 0..out {
-            let row = pattern.row(i);
             all.extend(
                 (0..fan_in as u32)
-                    .filter(|j| row.binary_search(j).is_err())
+                    .filter(|&j| is_inactive(i, j))
                     .map(|j| (i as u32, j)),
             );
         }
@@ -558,7 +581,7 @@ fn random_free(pattern: &CsrPattern, count: usize, rng: &mut SeedRng) -> Vec<(u3
                 rng.random_range(0..out) as u32,
                 rng.random_range(0..fan_in) as u32,
             );
-            if pattern.row(i as usize).binary_search(&j).is_err() && chosen.insert((i, j)) {
+            if is_inactive(i as usize, j) && chosen.insert((i, j)) {
                 grow.push((i, j));
             }
         }
@@ -815,8 +838,10 @@ impl TopK {
 }
 
 /// SET: drop the fraction `zeta` of the smallest positive weights and of the largest
-/// negative weights (zeros too), regrow as many at random positions not live before. A
-/// layer with fewer free positions than that drops only as many (those nearest zero).
+/// negative weights (zeros too), regrow as many at random positions inactive after the
+/// drop. As in the RigL reference code's SET, a connection dropped in this step may be
+/// drawn again (it then stays live and keeps its value), so a nearly dense layer keeps
+/// its size.
 fn set_edit(pattern: &CsrPattern, values: &[f32], zeta: f64, rng: &mut SeedRng) -> Edit {
     let mut pos: Vec<u32> = (0..values.len() as u32)
         .filter(|&p| values[p as usize] > 0.0)
@@ -841,24 +866,66 @@ fn set_edit(pattern: &CsrPattern, values: &[f32], zeta: f64, rng: &mut SeedRng) 
         .copied()
         .chain(zeros)
         .collect();
-    let (out, fan_in) = (pattern.nrows(), pattern.ncols());
-    let free = out * fan_in - pattern.nnz();
-    if drop.len() > free {
-        // a nearly dense layer cannot regrow that many elsewhere: drop only the weights
-        // nearest zero, as many as can be regrown, so the layer keeps its size
-        drop.sort_unstable_by(by_mag);
-        drop.truncate(free);
-    }
     drop.sort_unstable();
-    let target = drop.len();
-    let grow = random_free(pattern, target, rng);
+    let mut dropped = vec![false; pattern.nnz()];
+    for &p in &drop {
+        dropped[p as usize] = true;
+    }
+    let grow = random_inactive(pattern, &dropped, drop.len(), rng);
     Edit { drop, grow }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::TopK;
+    use super::{random_inactive, set_edit, TopK};
+    use crate::sparse::CsrPattern;
     use rand::{RngExt, SeedableRng};
+
+    /// SET on a layer with every connection live can only regrow what it drops: it
+    /// must draw exactly the dropped connections again (before, it dropped nothing).
+    #[test]
+    fn set_on_a_full_layer_regrows_what_it_drops() {
+        let pattern = CsrPattern::full(6, 7).unwrap();
+        let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(3);
+        let values: Vec<f32> = (0..42).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let edit = set_edit(&pattern, &values, 0.3, &mut rng);
+        assert!(!edit.drop.is_empty());
+        let mut dropped: Vec<(u32, u32)> = edit.drop.iter().map(|&p| (p / 7, p % 7)).collect();
+        dropped.sort_unstable();
+        let mut grown = edit.grow.clone();
+        grown.sort_unstable();
+        assert_eq!(grown, dropped);
+    }
+
+    /// Random regrowth draws only inactive positions (free, or dropped in this step),
+    /// reaches the dropped ones as well as the free ones, and never one twice.
+    #[test]
+    fn random_regrowth_draws_among_free_and_dropped_positions() {
+        // rows of 10 columns, 4 live in each; 2 of each row's live entries dropped
+        let row_ptr: Vec<u32> = (0..=5).map(|i| 4 * i).collect();
+        let col_idx: Vec<u32> = (0..5).flat_map(|_| [1u32, 3, 6, 8]).collect();
+        let pattern = CsrPattern::new(5, 10, row_ptr, col_idx).unwrap();
+        let dropped: Vec<bool> = (0..20).map(|p| p % 2 == 0).collect();
+        let live_kept = |(_, j): (u32, u32)| [3u32, 8].contains(&j);
+        let was_dropped = |(_, j): (u32, u32)| [1u32, 6].contains(&j);
+        let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(11);
+        let (mut saw_dropped, mut saw_free) = (false, false);
+        for count in [1, 5, 12, 40, 41, 100] {
+            let grow = random_inactive(&pattern, &dropped, count, &mut rng);
+            // 50 positions, 10 kept live: 40 inactive
+            assert_eq!(grow.len(), count.min(40), "count {count}");
+            let mut uniq = grow.clone();
+            uniq.sort_unstable();
+            uniq.dedup();
+            assert_eq!(uniq.len(), grow.len(), "a position drawn twice");
+            for &g in &grow {
+                assert!(!live_kept(g), "{g:?} is live and was not dropped");
+                saw_dropped |= was_dropped(g);
+                saw_free |= !was_dropped(g);
+            }
+        }
+        assert!(saw_dropped && saw_free);
+    }
 
     /// The streaming selection against a full sort, with many tied scores.
     #[test]
