@@ -28,11 +28,17 @@ for p in site.getsitepackages(): print(" ".join(glob.glob(p + "/nvidia/*/lib")))
     [[ -d "$d" ]] && LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
 done
 export LD_LIBRARY_PATH
+# the NVRTC that will compile the kernels (the devices load its CUBIN, which a driver of
+# the same major CUDA version accepts even where the NVRTC is newer)
+python3 -c 'import ctypes
+l = ctypes.CDLL("libnvrtc.so.13"); a, b = ctypes.c_int(), ctypes.c_int()
+l.nvrtcVersion(ctypes.byref(a), ctypes.byref(b)); print(f"NVRTC {a.value}.{b.value}")' || true
 
 # binaries: the ones scripts/gpu-prepare.sh made where gpu-bin/ was carried (no build
 # on the device's time), else built here with cargo
-if [[ -x gpu-bin/rewire && -x gpu-bin/cuda-tests ]]; then
+if [[ -f gpu-bin/rewire && -f gpu-bin/cuda-tests ]]; then
     echo "== using the prebuilt gpu-bin/ (scripts/gpu-prepare.sh)"
+    chmod +x gpu-bin/rewire gpu-bin/cuda-tests # in case the copy lost the bit
     REWIRE=./gpu-bin/rewire
     TESTS=(./gpu-bin/cuda-tests)
 elif command -v cargo >/dev/null; then
@@ -48,12 +54,14 @@ fi
 echo "== GPU tests (REWIRE_REQUIRE_CUDA=1)"
 # a failure is reported at the end; the benchmarks and training still run
 TEST_RC=0
-REWIRE_REQUIRE_CUDA=1 "${TESTS[@]}" --nocapture --test-threads 1 || TEST_RC=$?
+# every step has a time limit, so that one hang cannot eat the device time
+REWIRE_REQUIRE_CUDA=1 timeout 240 "${TESTS[@]}" --nocapture --test-threads 1 || TEST_RC=$?
 
 echo "== GPU benchmarks (sparse vs cuBLAS SGEMM, same run)"
 : >"$OUT/bench.jsonl"
 bench() {
-    "$REWIRE" bench "$@" --device cuda --min-time-ms 300 --json | tee -a "$OUT/bench.jsonl" ||
+    timeout 90 "$REWIRE" bench "$@" --device cuda --min-time-ms 300 --json |
+        tee -a "$OUT/bench.jsonl" ||
         FAILED+=("bench $*")
 }
 # the targets: SpMM and SDDMM at M=K=4096, N=256, 90%; BSR 16x16 at 90%
@@ -72,7 +80,8 @@ DATASET=synthetic
 train() {
     local name=$1
     shift
-    if "$REWIRE" train --dataset "$DATASET" --seed 0 --no-progress "$@" >"$OUT/$name.txt" 2>&1; then
+    if timeout 120 "$REWIRE" train --dataset "$DATASET" --seed 0 --no-progress "$@" \
+        >"$OUT/$name.txt" 2>&1; then
         tail -n 1 "$OUT/$name.txt"
     else
         cat "$OUT/$name.txt"

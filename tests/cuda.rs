@@ -76,6 +76,18 @@ fn every_kernel_source_compiles_with_nvrtc() {
             for entry in entries {
                 assert!(text.contains(entry), "{file} for {arch} lacks {entry}");
             }
+            // the machine code devices load first: an ELF image naming the same entries
+            let bin = cuda::compile_cubin(file, arch).unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                bin.starts_with(b"\x7fELF"),
+                "{file} for {arch}: not an ELF CUBIN"
+            );
+            for entry in entries {
+                assert!(
+                    bin.windows(entry.len()).any(|w| w == entry.as_bytes()),
+                    "{file}'s CUBIN for {arch} lacks {entry}"
+                );
+            }
         }
     }
 }
@@ -295,8 +307,9 @@ fn agreement_config(
 }
 
 /// The same seeded run on the CPU and on the GPU (no dropout) gives the same curve up to
-/// summation order: losses within 1e-3 relative, test accuracy within 0.3 points; the
-/// rewiring methods keep their budgets on the device.
+/// summation order: losses within 1e-3 relative, test accuracy within 0.3 points (2
+/// points where the pattern is rewired); the rewiring methods keep their budgets on the
+/// device.
 #[test]
 fn gpu_training_agrees_with_the_cpu() {
     use rewire::data::Dataset;
@@ -336,7 +349,11 @@ fn gpu_training_agrees_with_the_cpu() {
         let cpu = train(&mut cpu_model, &tr, &te, &cfg, |_| Ok(())).unwrap();
         let gpu = rewire::cuda::train::train_mlp(&dev, &mut gpu_model, &tr, &te, &cfg, |_| Ok(()))
             .unwrap();
-        assert_runs_agree(&format!("{kind:?}"), kind.is_some(), &cpu, &gpu, 0.003);
+        // rewiring chooses from values that differ in their last bits, so those runs
+        // may part ways a little (as the CNN test allows); 0.003 is about one of the
+        // 600 test samples
+        let acc_tol = if kind.is_some() { 0.02 } else { 0.003 };
+        assert_runs_agree(&format!("{kind:?}"), kind.is_some(), &cpu, &gpu, acc_tol);
         assert_eq!(cpu_model.live_weights(), gpu_model.live_weights());
     }
 }

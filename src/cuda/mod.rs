@@ -128,6 +128,71 @@ pub fn compile(file: &str, arch: &'static str) -> Result<Ptx> {
     .map_err(|e| Error::Cuda(format!("NVRTC could not compile {file} for {arch}: {e}")))
 }
 
+/// Compiles one embedded kernel source to machine code (a CUBIN) for the real
+/// architecture `arch`. The driver loads a CUBIN from an NVRTC newer than itself within
+/// the same major CUDA version (minor-version compatibility), where it would refuse to
+/// JIT that NVRTC's PTX; so devices load these first and fall back to [`compile`]'s PTX.
+/// Needs only NVRTC, not a device.
+pub fn compile_cubin(file: &str, arch: &'static str) -> Result<Vec<u8>> {
+    use cudarc::nvrtc::{result, sys};
+    if !nvrtc_present() {
+        return Err(Error::Cuda(
+            "NVRTC (libnvrtc) was not found; install the CUDA toolkit or put its lib directory on LD_LIBRARY_PATH".into(),
+        ));
+    }
+    let src = crate::kernels::SOURCES
+        .iter()
+        .find(|(name, _)| *name == file)
+        .map(|(_, src)| *src)
+        .ok_or_else(|| Error::arg("kernel", format!("no kernel source {file:?}")))?;
+    let c_src = std::ffi::CString::new(src)
+        .map_err(|_| Error::arg("kernel", format!("{file} holds a NUL byte")))?;
+    let c_name = std::ffi::CString::new(file)
+        .map_err(|_| Error::arg("kernel", format!("{file:?} holds a NUL byte")))?;
+    let fail = |what: &str, e: cudarc::nvrtc::result::NvrtcError| {
+        Error::Cuda(format!("NVRTC could not {what} {file} for {arch}: {e:?}"))
+    };
+    let prog = result::create_program(&c_src, Some(&c_name)).map_err(|e| fail("create", e))?;
+    // SAFETY: `prog` was created above and is destroyed once, at the end; the source and
+    // name it refers to outlive it.
+    let out = unsafe {
+        let compiled = result::compile_program(prog, &[format!("--gpu-architecture={arch}")]);
+        let cubin = match compiled {
+            Err(e) => {
+                let log = result::get_program_log(prog)
+                    .map(|l| {
+                        std::ffi::CStr::from_ptr(l.as_ptr())
+                            .to_string_lossy()
+                            .into_owned()
+                    })
+                    .unwrap_or_default();
+                Err(Error::Cuda(format!(
+                    "NVRTC could not compile {file} for {arch}: {e:?}\n{log}"
+                )))
+            }
+            Ok(()) => {
+                let mut size = 0usize;
+                sys::nvrtcGetCUBINSize(prog, &mut size)
+                    .result()
+                    .map_err(|e| fail("size the CUBIN of", e))?;
+                let mut bin = vec![0u8; size];
+                sys::nvrtcGetCUBIN(prog, bin.as_mut_ptr() as *mut std::ffi::c_char)
+                    .result()
+                    .map_err(|e| fail("write the CUBIN of", e))?;
+                Ok(bin)
+            }
+        };
+        let _ = result::destroy_program(prog);
+        cubin
+    };
+    match out {
+        Ok(bin) if bin.is_empty() => Err(Error::Cuda(format!(
+            "NVRTC gave an empty CUBIN for {file} ({arch} is not a real architecture?)"
+        ))),
+        other => other,
+    }
+}
+
 /// One CUDA device with its stream, compiled modules and cuBLAS handle.
 pub struct CudaDevice {
     ctx: Arc<CudaContext>,
@@ -241,8 +306,22 @@ impl CudaDevice {
             match modules.get(file) {
                 Some(m) => m.clone(),
                 None => {
-                    let ptx = compile(file, self.arch)?;
-                    let m = self.ctx.load_module(ptx).map_err(|e| load_err(file, e))?;
+                    // machine code first; PTX (JIT-compiled by the driver) where that
+                    // cannot be made or loaded
+                    let cubin = compile_cubin(file, self.arch).and_then(|bin| {
+                        self.ctx
+                            .load_module(Ptx::from_binary(bin))
+                            .map_err(|e| load_err(file, e))
+                    });
+                    let m = match cubin {
+                        Ok(m) => m,
+                        Err(first) => {
+                            let ptx = compile(file, self.arch)?;
+                            self.ctx.load_module(ptx).map_err(|e| {
+                                Error::Cuda(format!("{} (as CUBIN: {first})", load_err(file, e)))
+                            })?
+                        }
+                    };
                     modules.insert(file, m.clone());
                     m
                 }
