@@ -104,9 +104,8 @@ fn arch_name(major: i32, minor: i32) -> &'static str {
     }
 }
 
-/// Compiles one embedded kernel source (a file name from [`crate::kernels::SOURCES`])
-/// to PTX for `arch` (for example `"sm_90"`). Needs only NVRTC, not a device.
-pub fn compile(file: &str, arch: &'static str) -> Result<Ptx> {
+/// The embedded source of the kernel file `file`, where NVRTC is there to compile it.
+fn kernel_source(file: &str) -> Result<&'static str> {
     if !nvrtc_present() {
         return Err(Error::Cuda(
             "NVRTC (libnvrtc) was not found; install the CUDA toolkit or put its lib directory on LD_LIBRARY_PATH".into(),
@@ -117,6 +116,13 @@ pub fn compile(file: &str, arch: &'static str) -> Result<Ptx> {
         .find(|(name, _)| *name == file)
         .map(|(_, src)| *src)
         .ok_or_else(|| Error::arg("kernel", format!("no kernel source {file:?}")))?;
+    Ok(src)
+}
+
+/// Compiles one embedded kernel source (a file name from [`crate::kernels::SOURCES`])
+/// to PTX for `arch` (for example `"sm_90"`). Needs only NVRTC, not a device.
+pub fn compile(file: &str, arch: &'static str) -> Result<Ptx> {
+    let src = kernel_source(file)?;
     compile_ptx_with_opts(
         src,
         CompileOptions {
@@ -135,16 +141,7 @@ pub fn compile(file: &str, arch: &'static str) -> Result<Ptx> {
 /// Needs only NVRTC, not a device.
 pub fn compile_cubin(file: &str, arch: &'static str) -> Result<Vec<u8>> {
     use cudarc::nvrtc::{result, sys};
-    if !nvrtc_present() {
-        return Err(Error::Cuda(
-            "NVRTC (libnvrtc) was not found; install the CUDA toolkit or put its lib directory on LD_LIBRARY_PATH".into(),
-        ));
-    }
-    let src = crate::kernels::SOURCES
-        .iter()
-        .find(|(name, _)| *name == file)
-        .map(|(_, src)| *src)
-        .ok_or_else(|| Error::arg("kernel", format!("no kernel source {file:?}")))?;
+    let src = kernel_source(file)?;
     let c_src = std::ffi::CString::new(src)
         .map_err(|_| Error::arg("kernel", format!("{file} holds a NUL byte")))?;
     let c_name = std::ffi::CString::new(file)
