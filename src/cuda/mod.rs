@@ -167,16 +167,19 @@ pub fn compile_cubin(file: &str, arch: &'static str) -> Result<Vec<u8>> {
                     "NVRTC could not compile {file} for {arch}: {e:?}\n{log}"
                 )))
             }
+            // no early return past destroy_program below
             Ok(()) => {
                 let mut size = 0usize;
                 sys::nvrtcGetCUBINSize(prog, &mut size)
                     .result()
-                    .map_err(|e| fail("size the CUBIN of", e))?;
-                let mut bin = vec![0u8; size];
-                sys::nvrtcGetCUBIN(prog, bin.as_mut_ptr() as *mut std::ffi::c_char)
-                    .result()
-                    .map_err(|e| fail("write the CUBIN of", e))?;
-                Ok(bin)
+                    .map_err(|e| fail("size the CUBIN of", e))
+                    .and_then(|()| {
+                        let mut bin = vec![0u8; size];
+                        sys::nvrtcGetCUBIN(prog, bin.as_mut_ptr() as *mut std::ffi::c_char)
+                            .result()
+                            .map_err(|e| fail("write the CUBIN of", e))
+                            .map(|()| bin)
+                    })
             }
         };
         let _ = result::destroy_program(prog);
