@@ -461,7 +461,8 @@ impl Rewirer {
             if drop.is_empty() && n == 0 {
                 continue; // nothing to edit: keep the pattern (and its cached transpose)
             }
-            let grow = random_free(pattern, n, &mut self.rng);
+            // DSR regrows only where nothing was live before its prune
+            let grow = random_inactive(pattern, &[], n, &mut self.rng);
             let stats = apply_edit(model.params_mut(), opt, *id, &Edit { drop, grow })?;
             report.rewired += stats.dropped;
         }
@@ -530,15 +531,10 @@ fn pruning_target(
     (((1.0 - sparsity) * size as f64).round() as usize).clamp(1, size)
 }
 
-/// `count` distinct positions drawn uniformly among those not live in `pattern` (fewer
-/// if fewer are free).
-fn random_free(pattern: &CsrPattern, count: usize, rng: &mut SeedRng) -> Vec<(u32, u32)> {
-    random_inactive(pattern, &[], count, rng)
-}
-
 /// `count` distinct positions drawn uniformly among those inactive once the entries
-/// marked in `dropped` (one flag per live entry, or none at all) are gone: the free
-/// positions and the dropped ones (fewer if fewer are inactive). A dropped connection
+/// marked in `dropped` (one flag per live entry, or none at all: then the positions not
+/// live in `pattern`) are gone: the free positions and the dropped ones (fewer if fewer
+/// are inactive). A dropped connection
 /// drawn again stays live and keeps its value, as in the RigL reference code.
 fn random_inactive(
     pattern: &CsrPattern,
