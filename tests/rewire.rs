@@ -489,26 +489,59 @@ fn dsr_keeps_the_total_and_moves_weights_between_layers() {
             .collect::<Vec<_>>()
     };
     let start = per_layer(&m);
-    let mut moved = false;
+    let (mut moved, mut restarted) = (false, false);
     for s in 1..8 {
         step(&mut m, &mut rw, &mut tape, &data, s);
         opt.step(&mut m.params, 0.1).unwrap();
         step(&mut m, &mut rw, &mut tape, &data, s + 50);
+        let before = patterns(&m);
+        let values_before: Vec<Vec<f32>> = m
+            .layers
+            .iter()
+            .map(|l| m.params.get(l.weight).value.to_vec())
+            .collect();
         let rep = rw.update(s as usize, &mut m, &mut opt, &tape).unwrap();
         assert!(rep.rewired > 0);
         assert_eq!(m.live_weights(), total, "DSR changed the total");
-        for p in patterns(&m) {
+        for (l, (old, new)) in before.iter().zip(patterns(&m)).enumerate() {
             CsrPattern::new(
-                p.nrows(),
-                p.ncols(),
-                p.row_ptr().to_vec(),
-                p.col_idx().to_vec(),
+                new.nrows(),
+                new.ncols(),
+                new.row_ptr().to_vec(),
+                new.col_idx().to_vec(),
             )
             .unwrap();
+            let id = m.layers[l].weight;
+            let (value, state) = (&m.params.get(id).value, &opt.state(id)[0]);
+            for (q, (r, c)) in new
+                .row_indices()
+                .into_iter()
+                .zip(new.col_idx().iter().copied())
+                .enumerate()
+            {
+                // a connection live before either survived the prune (value and state
+                // kept) or was pruned and drawn again (restarted at zero, as a new one)
+                let old_value = old
+                    .row_range(r as usize)
+                    .find(|&op| old.col_idx()[op] == c)
+                    .map(|op| values_before[l][op]);
+                match old_value {
+                    Some(v) if value[q] == v => {}
+                    _ => {
+                        assert_eq!(value[q], 0.0, "layer {l} ({r},{c}): grown weight not zero");
+                        assert_eq!(state[q], 0.0, "layer {l} ({r},{c}): grown state not zero");
+                        restarted |= old_value.is_some_and(|v| v != 0.0);
+                    }
+                }
+            }
         }
         moved |= per_layer(&m) != start;
     }
     assert!(moved, "DSR never reallocated between layers");
+    assert!(
+        restarted,
+        "DSR never drew a just-pruned connection again (it regrows among them too)"
+    );
 }
 
 /// RigL's grow scan splits each block of the dense gradient over the threads, one

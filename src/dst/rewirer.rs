@@ -445,7 +445,8 @@ impl Rewirer {
         } else {
             h
         });
-        // reallocate: shares ∝ survivors, capped by each layer's free positions
+        // reallocate: shares ∝ survivors, capped by each layer's positions not live
+        // after the prune (the free ones and those just pruned)
         let survivors: Vec<usize> = layers
             .iter()
             .zip(&drops)
@@ -453,7 +454,8 @@ impl Rewirer {
             .collect();
         let room: Vec<usize> = layers
             .iter()
-            .map(|(_, p)| p.nrows() * p.ncols() - p.nnz())
+            .zip(&survivors)
+            .map(|((_, p), s)| p.nrows() * p.ncols() - s)
             .collect();
         let alloc = allocate(pruned, &survivors, &room);
         let mut report = UpdateReport::default();
@@ -461,10 +463,33 @@ impl Rewirer {
             if drop.is_empty() && n == 0 {
                 continue; // nothing to edit: keep the pattern (and its cached transpose)
             }
-            // DSR regrows only where nothing was live before its prune
-            let grow = random_inactive(pattern, &[], n, &mut self.rng);
-            let stats = apply_edit(model.params_mut(), opt, *id, &Edit { drop, grow })?;
-            report.rewired += stats.dropped;
+            // As in DSR's reference code, regrowth draws among every position not live
+            // after the prune, those just pruned included, and a regrown weight starts
+            // at zero: a pruned connection drawn again restarts at zero value and state.
+            let mut dropped = vec![false; pattern.nnz()];
+            for &p in &drop {
+                dropped[p as usize] = true;
+            }
+            let grow = random_inactive(pattern, &dropped, n, &mut self.rng);
+            let regrown: Vec<usize> = grow
+                .iter()
+                .filter_map(|&(i, j)| {
+                    let i = i as usize;
+                    let q = pattern.row(i).binary_search(&j).ok()?;
+                    Some(pattern.row_range(i).start + q)
+                })
+                .collect();
+            let value = &mut model.params_mut().get_mut(*id).value;
+            for &p in &regrown {
+                value[p] = 0.0;
+            }
+            for buf in opt.state_mut(*id) {
+                for &p in &regrown {
+                    buf[p] = 0.0;
+                }
+            }
+            apply_edit(model.params_mut(), opt, *id, &Edit { drop, grow })?;
+            report.rewired += dropped.iter().filter(|&&d| d).count();
         }
         Ok(report)
     }
