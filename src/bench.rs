@@ -33,6 +33,16 @@ pub enum Kernel {
 }
 
 impl Kernel {
+    /// The vector width, in bits, of this kernel's sparse side on the CPU in this build
+    /// ([`VectorBits`](crate::cpu::VectorBits)).
+    pub fn cpu_vector_bits(self) -> u32 {
+        let v = crate::cpu::vector_bits();
+        match self {
+            Kernel::Spmm | Kernel::SpmmT => v.spmm,
+            _ => v.other_sparse,
+        }
+    }
+
     /// The name used on the command line and in JSON.
     pub fn name(self) -> &'static str {
         match self {
@@ -146,6 +156,13 @@ pub struct BenchResult {
     pub repeats: usize,
     /// where both ran: `cpu`, or the CUDA device's name
     pub device: String,
+    /// vector width of the sparse kernel on the CPU, in bits ([`VectorBits`]; absent
+    /// on a GPU)
+    ///
+    /// [`VectorBits`]: crate::cpu::VectorBits
+    pub sparse_vector_bits: Option<u32>,
+    /// vector width of the dense `gemm` on the CPU, in bits (absent on a GPU)
+    pub dense_vector_bits: Option<u32>,
 }
 
 /// Median per-call wall times of `a` and of `b`. The two are timed in alternating
@@ -563,6 +580,8 @@ pub(crate) fn result(
         max_rel_diff,
         repeats,
         device: "cpu".into(),
+        sparse_vector_bits: Some(cfg.kernel.cpu_vector_bits()),
+        dense_vector_bits: Some(crate::cpu::vector_bits().dense),
     }
 }
 

@@ -485,8 +485,17 @@ fn run_bench(mut args: BenchArgs) -> rewire::Result<()> {
             Kernel::Conv => "three products of the forward and backward pass",
             _ => "sparse 2·nnz·N/t, dense 2·M·K·N/t",
         };
+        let vectors = if device.is_none() {
+            format!(
+                "; vectors: sparse {}-bit, dense {}-bit",
+                base.kernel.cpu_vector_bits(),
+                rewire::cpu::vector_bits().dense
+            )
+        } else {
+            String::new()
+        };
         emit(&format!(
-            "speedup = dense ms / sparse ms; GF_ratio = sparse GFLOP/s ÷ dense GFLOP/s ({flops}); {} thread(s)",
+            "speedup = dense ms / sparse ms; GF_ratio = sparse GFLOP/s ÷ dense GFLOP/s ({flops}); {} thread(s){vectors}",
             base.threads
         ))?;
     }

@@ -98,5 +98,6 @@ pub fn run(cfg: &BenchConfig, dev: &CudaDevice) -> Result<BenchResult> {
     };
     let mut r = result(cfg, [m, k, n], nnz, block, times, 1.0, diff);
     r.device = dev.describe();
+    (r.sparse_vector_bits, r.dense_vector_bits) = (None, None);
     Ok(r)
 }
