@@ -72,6 +72,14 @@ fn patterns(m: &Mlp) -> Vec<CsrPattern> {
         .collect()
 }
 
+/// Each layer's weight values.
+fn weight_values(m: &Mlp) -> Vec<Vec<f32>> {
+    m.layers
+        .iter()
+        .map(|l| m.params.get(l.weight).value.to_vec())
+        .collect()
+}
+
 fn live_set(p: &CsrPattern) -> HashSet<(u32, u32)> {
     let rows = p.row_indices();
     rows.into_iter().zip(p.col_idx().iter().copied()).collect()
@@ -94,11 +102,7 @@ fn check_update(kind: MethodKind) {
         opt.step(&mut m.params, 0.05).unwrap();
         step(&mut m, &mut rw, &mut tape, &data, s + 100);
         let before = patterns(&m);
-        let values_before: Vec<Vec<f32>> = m
-            .layers
-            .iter()
-            .map(|l| m.params.get(l.weight).value.to_vec())
-            .collect();
+        let values_before = weight_values(&m);
         let report = rw.update(s as usize, &mut m, &mut opt, &tape).unwrap();
         assert!(report.rewired > 0, "{kind:?} rewired nothing");
         let after = patterns(&m);
@@ -495,11 +499,7 @@ fn dsr_keeps_the_total_and_moves_weights_between_layers() {
         opt.step(&mut m.params, 0.1).unwrap();
         step(&mut m, &mut rw, &mut tape, &data, s + 50);
         let before = patterns(&m);
-        let values_before: Vec<Vec<f32>> = m
-            .layers
-            .iter()
-            .map(|l| m.params.get(l.weight).value.to_vec())
-            .collect();
+        let values_before = weight_values(&m);
         let rep = rw.update(s as usize, &mut m, &mut opt, &tape).unwrap();
         assert!(rep.rewired > 0);
         assert_eq!(m.live_weights(), total, "DSR changed the total");
