@@ -38,7 +38,7 @@ impl Kernel {
     pub fn cpu_vector_bits(self) -> u32 {
         let v = crate::cpu::vector_bits();
         match self {
-            Kernel::Spmm | Kernel::SpmmT => v.spmm,
+            Kernel::Spmm | Kernel::SpmmT | Kernel::Sddmm => v.spmm_sddmm,
             _ => v.other_sparse,
         }
     }

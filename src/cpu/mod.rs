@@ -41,17 +41,18 @@ pub fn row_sum(v: &[f32]) -> f32 {
 /// The vector widths, in bits, the CPU kernels run at in this build on this machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VectorBits {
-    /// the SpMM kernels' 64-column tiles (`spmm`, `spmm_t` and their fused forms)
-    pub spmm: u32,
-    /// the other sparse kernels (SDDMM, BSR, the direct convolutions): 8-lane vectors
+    /// the SpMM kernels' 64-column tiles (`spmm`, `spmm_t` and their fused forms) and
+    /// SDDMM's dot products
+    pub spmm_sddmm: u32,
+    /// the other sparse kernels (BSR, the direct convolutions): 8-lane vectors
     pub other_sparse: u32,
     /// the dense `gemm`
     pub dense: u32,
 }
 
 /// [`VectorBits`] of this build on this machine. Everything is 256-bit on x86-64 with
-/// AVX2 (`gemm` takes its FMA path); with the `avx512` feature the SpMM tiles and `gemm`
-/// are 512-bit where the build target and the machine have AVX-512. 128 where `wide`
+/// AVX2 (`gemm` takes its FMA path); with the `avx512` feature the SpMM tiles, SDDMM and
+/// `gemm` are 512-bit where the build target and the machine have AVX-512. 128 where `wide`
 /// and `gemm` fall back to SSE or NEON.
 pub fn vector_bits() -> VectorBits {
     let base = if cfg!(target_feature = "avx") {
@@ -59,7 +60,7 @@ pub fn vector_bits() -> VectorBits {
     } else {
         128
     };
-    let spmm = if cfg!(all(feature = "avx512", target_feature = "avx512f")) {
+    let spmm_sddmm = if cfg!(all(feature = "avx512", target_feature = "avx512f")) {
         512
     } else {
         base
@@ -75,7 +76,7 @@ pub fn vector_bits() -> VectorBits {
     #[cfg(not(target_arch = "x86_64"))]
     let dense = 128;
     VectorBits {
-        spmm,
+        spmm_sddmm,
         other_sparse: base,
         dense,
     }
