@@ -466,11 +466,7 @@ impl Rewirer {
             // As in DSR's reference code, regrowth draws among every position not live
             // after the prune, those just pruned included, and a regrown weight starts
             // at zero: a pruned connection drawn again restarts at zero value and state.
-            let mut dropped = vec![false; pattern.nnz()];
-            for &p in &drop {
-                dropped[p as usize] = true;
-            }
-            let grow = random_inactive(pattern, &dropped, n, &mut self.rng);
+            let grow = random_inactive(pattern, &drop_flags(pattern, &drop), n, &mut self.rng);
             let regrown: Vec<usize> = grow
                 .iter()
                 .filter_map(|&(i, j)| {
@@ -488,8 +484,8 @@ impl Rewirer {
                     buf[p] = 0.0;
                 }
             }
+            report.rewired += drop.len();
             apply_edit(model.params_mut(), opt, *id, &Edit { drop, grow })?;
-            report.rewired += dropped.iter().filter(|&&d| d).count();
         }
         Ok(report)
     }
@@ -556,11 +552,20 @@ fn pruning_target(
     (((1.0 - sparsity) * size as f64).round() as usize).clamp(1, size)
 }
 
+/// One flag per live entry of `pattern`: whether `drop` lists it.
+fn drop_flags(pattern: &CsrPattern, drop: &[u32]) -> Vec<bool> {
+    let mut flags = vec![false; pattern.nnz()];
+    for &p in drop {
+        flags[p as usize] = true;
+    }
+    flags
+}
+
 /// `count` distinct positions drawn uniformly among those inactive once the entries
-/// marked in `dropped` (one flag per live entry, or none at all: then the positions not
-/// live in `pattern`) are gone: the free positions and the dropped ones (fewer if fewer
-/// are inactive). A dropped connection
-/// drawn again stays live and keeps its value, as in the RigL reference code.
+/// marked in `dropped` (one flag per live entry) are gone: the free positions and the
+/// dropped ones (fewer if fewer are inactive). What a dropped connection drawn again
+/// keeps is the caller's choice (SET keeps its value, as the RigL reference code does;
+/// DSR restarts it at zero).
 fn random_inactive(
     pattern: &CsrPattern,
     dropped: &[bool],
@@ -568,15 +573,13 @@ fn random_inactive(
     rng: &mut SeedRng,
 ) -> Vec<(u32, u32)> {
     let (out, fan_in) = (pattern.nrows(), pattern.ncols());
+    debug_assert_eq!(dropped.len(), pattern.nnz(), "one drop flag per live entry");
     let n_dropped = dropped.iter().filter(|&&d| d).count();
     let inactive = out * fan_in - pattern.nnz() + n_dropped;
     // whether column `j` of row `i` is inactive
     let is_inactive = |i: usize, j: u32| match pattern.row(i).binary_search(&j) {
         Err(_) => true,
-        Ok(q) => dropped
-            .get(pattern.row_range(i).start + q)
-            .copied()
-            .unwrap_or(false),
+        Ok(q) => dropped[pattern.row_range(i).start + q],
     };
     let target = count.min(inactive);
     let mut grow = Vec::with_capacity(target);
@@ -888,11 +891,7 @@ fn set_edit(pattern: &CsrPattern, values: &[f32], zeta: f64, rng: &mut SeedRng) 
         .chain(zeros)
         .collect();
     drop.sort_unstable();
-    let mut dropped = vec![false; pattern.nnz()];
-    for &p in &drop {
-        dropped[p as usize] = true;
-    }
-    let grow = random_inactive(pattern, &dropped, drop.len(), rng);
+    let grow = random_inactive(pattern, &drop_flags(pattern, &drop), drop.len(), rng);
     Edit { drop, grow }
 }
 
